@@ -1,0 +1,1 @@
+"""headwater: data ingestion for machine learning in production."""

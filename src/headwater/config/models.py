@@ -1,0 +1,401 @@
+"""The typed shape of ``headwater.yaml`` and ``pipelines/*.yaml`` (SPEC §2–3).
+
+Every model is frozen and forbids unknown keys, so a typo is an error with a suggestion
+rather than a silently ignored setting. Values that may hold ``${env:...}`` references stay
+unresolved strings here: secrets are resolved at run time only (see ``secrets.py``).
+This module must never import the store, the engine or any I/O library.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"2s"``, ``"10m"``, ``"1h"``, ``1.5`` (seconds) or a timedelta → seconds."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 30s, 10m or 1h, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(f"expected a duration such as 30s, 10m or 1h, got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds, written in YAML as ``500ms``, ``30s``, ``10m``, ``2h`` or a bare number."""
+
+
+class Model(BaseModel):
+    """Base for every config model: frozen, strict about unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- project
+
+
+class LocalExecutorConfig(Model):
+    type: Literal["local"] = "local"
+    max_workers: int = Field(default=4, ge=1)
+
+
+class DaskExecutorConfig(Model):
+    type: Literal["dask"]
+    address: str
+
+
+def _executor(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"type": value}
+    return value
+
+
+ExecutorConfig = Annotated[
+    LocalExecutorConfig | DaskExecutorConfig,
+    BeforeValidator(_executor),
+    Field(discriminator="type"),
+]
+
+
+class OpenLineageConfig(Model):
+    file: str | None = None
+    url: str | None = None
+    namespace: str = "headwater"
+
+
+class LineageConfig(Model):
+    openlineage: OpenLineageConfig | None = None
+
+
+class ProjectConfig(Model):
+    """``headwater.yaml``."""
+
+    name: str = Field(min_length=1)
+    store: str = "sqlite:///.headwater/headwater.db"
+    warehouse: str = "./warehouse"
+    executor: ExecutorConfig = LocalExecutorConfig()
+    max_concurrent_runs: int = Field(default=4, ge=1)
+    lineage: LineageConfig | None = None
+    connections: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("connections")
+    @classmethod
+    def _connections_have_type(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, conn in value.items():
+            if not isinstance(conn, dict) or "type" not in conn:
+                raise ValueError(f"connection {name!r} needs a 'type' (postgres, azure_blob, ...)")
+        return value
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class RetryConfig(Model):
+    count: int = Field(default=0, ge=0)
+    backoff: Duration = 1.0
+
+
+class StepBase(Model):
+    """Keys every step kind accepts."""
+
+    id: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    description: str | None = None
+    needs: list[str] = Field(default_factory=list)
+    retries: RetryConfig = RetryConfig()
+    timeout: Duration | None = None
+
+
+class CsvOptions(Model):
+    delimiter: str | None = None
+    header: bool = True
+    null_values: list[str] | None = None
+    encoding: str = "utf-8"
+    quote: str | None = None
+    escape: str | None = None
+
+
+class FilesSource(Model):
+    type: Literal["files"]
+    path: str
+    format: Literal["csv", "json", "ndjson", "parquet"] | None = None
+    csv: CsvOptions = CsvOptions()
+    columns: dict[str, str] = Field(default_factory=dict)
+    bad_rows: Literal["fail", "skip", "quarantine"] = "fail"
+    incremental: bool = False
+    connection: str | None = None
+    filename_column: bool = False
+
+
+class DatasetSource(Model):
+    type: Literal["dataset"]
+    dataset: str = Field(alias="name")
+    version: int | None = None
+
+
+class SqlSource(Model):
+    type: Literal["sql"]
+    connection: str
+    table: str | None = None
+    query: str | None = None
+    incremental: dict[str, Any] | None = None
+    partitions: dict[str, Any] | None = None
+
+
+class HttpSource(Model):
+    type: Literal["http"]
+    url: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth: dict[str, Any] | None = None
+    records: str | None = None
+    pagination: dict[str, Any] | None = None
+
+
+class StreamSource(Model):
+    type: Literal["stream"]
+    connection: str
+    subject: str
+    max_messages: int = 1000
+    wait: Duration = 1.0
+
+
+SourceConfig = Annotated[
+    FilesSource | DatasetSource | SqlSource | HttpSource | StreamSource,
+    Field(discriminator="type"),
+]
+
+
+class SourceStep(StepBase):
+    source: SourceConfig
+
+
+class SqlStep(StepBase):
+    sql: str
+    materialize: bool = False
+
+
+class PythonStep(StepBase):
+    python: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    inputs: list[str] = Field(default_factory=list)
+    input: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ColumnCheck(Model):
+    type: str | None = None
+    nullable: bool = True
+    unique: bool = False
+    min: float | str | None = None
+    max: float | str | None = None
+    in_: list[Any] | None = Field(default=None, alias="in")
+    regex: str | None = None
+    max_length: int | None = Field(default=None, ge=0)
+
+
+class ValidateConfig(Model):
+    input: str
+    columns: dict[str, ColumnCheck] = Field(default_factory=dict)
+    rules: list[str] = Field(default_factory=list)
+    on_error: Literal["fail", "drop", "quarantine"] = "fail"
+    max_error_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class ValidateStep(StepBase):
+    validate_: ValidateConfig = Field(alias="validate")
+
+
+class SplitConfig(Model):
+    by: str
+    train: float = Field(default=0.8, ge=0, le=1)
+    validation: float = Field(default=0.1, ge=0, le=1)
+    test: float = Field(default=0.1, ge=0, le=1)
+    seed: int = 0
+
+
+class DriftConfig(Model):
+    max_psi: float = 0.2
+    on_exceed: Literal["warn", "fail"] = "warn"
+
+
+class PublishConfig(Model):
+    input: str
+    dataset: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+    mode: Literal["append", "overwrite", "merge"] = "append"
+    key: list[str] = Field(default_factory=list)
+    order_by: str | None = None
+    partition_by: list[str] = Field(default_factory=list)
+    schema_: Literal["evolve", "freeze"] = Field(default="evolve", alias="schema")
+    dedupe: list[str] = Field(default_factory=list)
+    split: SplitConfig | None = None
+    drift: DriftConfig | None = None
+
+    @field_validator("key", "partition_by", "dedupe", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class PublishStep(StepBase):
+    publish: PublishConfig
+
+
+class PollConfig(Model):
+    url: str
+    until: str
+    every: Duration = 5.0
+    timeout: Duration = 3600.0
+
+
+class HttpWait(Model):
+    poll: PollConfig | None = None
+
+
+class HttpCallConfig(Model):
+    url: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    json_: Any = Field(default=None, alias="json")
+    wait: HttpWait | Literal["callback"] | None = None
+
+
+class HttpStep(StepBase):
+    http: HttpCallConfig
+
+
+class CommandStep(StepBase):
+    command: str | list[str]
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+
+
+class RunPipelineStep(StepBase):
+    run_pipeline: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+StepConfig = (
+    SourceStep
+    | SqlStep
+    | PythonStep
+    | ValidateStep
+    | PublishStep
+    | HttpStep
+    | CommandStep
+    | RunPipelineStep
+)
+
+STEP_KINDS: dict[str, type[StepBase]] = {
+    "source": SourceStep,
+    "sql": SqlStep,
+    "python": PythonStep,
+    "validate": ValidateStep,
+    "publish": PublishStep,
+    "http": HttpStep,
+    "command": CommandStep,
+    "run_pipeline": RunPipelineStep,
+}
+"""The YAML key that names a step's kind → its model. Exactly one must be present."""
+
+
+def step_kind(step: StepBase) -> str:
+    """The kind key of a parsed step (``"sql"``, ``"publish"``, ...)."""
+    for kind, model in STEP_KINDS.items():
+        if type(step) is model:
+            return kind
+    raise TypeError(f"not a step model: {type(step).__name__}")
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+class ScheduleConfig(Model):
+    cron: str
+    timezone: str = "UTC"
+    catchup: bool = False
+
+
+class FilesTriggerConfig(Model):
+    path: str
+    pattern: str = "*"
+    settle: Duration = 1.0
+    connection: str | None = None
+    marker: str | None = None
+    batch_window: Duration = 0.2
+    interval: Duration = 30.0
+
+
+class TableChangeConfig(Model):
+    connection: str
+    probe: str
+    every: Duration = 30.0
+    notify: str | None = None
+
+
+class BatchConfig(Model):
+    max: int = Field(default=1000, ge=1)
+    window: Duration = 1.0
+
+
+class MessageTriggerConfig(Model):
+    connection: str
+    subject: str
+    batch: BatchConfig | None = None
+
+
+class WebhookConfig(Model):
+    token: str
+
+
+class TriggerConfig(Model):
+    """One entry of ``triggers:``; exactly one key is set."""
+
+    schedule: ScheduleConfig | None = None
+    interval: Duration | None = None
+    files: FilesTriggerConfig | None = None
+    table_change: TableChangeConfig | None = None
+    message: MessageTriggerConfig | None = None
+    dataset: str | None = None
+    code_change: bool | None = None
+    webhook: WebhookConfig | None = None
+
+    @property
+    def kind(self) -> str:
+        for name in type(self).model_fields:
+            if getattr(self, name) is not None:
+                return name
+        raise ValueError("empty trigger")
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+class PipelineConfig(Model):
+    """One ``pipelines/*.yaml`` file."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+    description: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    triggers: list[TriggerConfig] = Field(default_factory=list)
+    max_concurrent_runs: int | None = Field(default=None, ge=1)
+    steps: list[StepConfig] = Field(min_length=1)
+
+    def step(self, step_id: str) -> StepConfig:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
