@@ -1,0 +1,82 @@
+"""The object a step receives while it runs (implements ``steps.base.StepContext``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from headwater.config.templates import render
+from headwater.steps.base import StepOutput
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from headwater.runtime import ProjectRuntime
+
+LogSink = Callable[[str | None, str, str, Mapping[str, Any]], None]
+"""(step_id, level, message, fields) → None: the run's log, persisted and displayed."""
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    run_seq: int
+    pipeline: str
+    step_id: str
+    attempt: int
+    code_version: str
+    trigger: str
+    project: ProjectRuntime
+    workdir: Path
+    inputs: Mapping[str, StepOutput]
+    lineage: StepOutput
+    template_vars: Mapping[str, Any]
+    db: duckdb.DuckDBPyConnection
+    sink: LogSink
+    cancel_event: threading.Event
+    _cursor: duckdb.DuckDBPyConnection | None = None
+    _on_interrupt: list[Callable[[], None]] = field(default_factory=list)
+    interrupted: str | None = None
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        if self._cursor is None:
+            self._cursor = self.db.cursor()
+        return self._cursor
+
+    def log(self, message: str, level: str = "info", **fields: Any) -> None:
+        self.sink(self.step_id, level, message, fields)
+
+    def render(self, template: str) -> str:
+        return render(template, self.template_vars)
+
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set() or self.interrupted is not None
+
+    def on_interrupt(self, callback: Callable[[], None]) -> None:
+        """Register how to stop this step's work early (kill a process, close a socket)."""
+        self._on_interrupt.append(callback)
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the step: DuckDB queries are interrupted, registered callbacks run."""
+        self.interrupted = reason
+        if self._cursor is not None:
+            try:
+                self._cursor.interrupt()
+            except Exception:  # noqa: BLE001 - best effort: the cursor may be closed
+                pass
+        for callback in self._on_interrupt:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def close(self) -> None:
+        if self._cursor is not None:
+            try:
+                self._cursor.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._cursor = None

@@ -1,0 +1,377 @@
+"""Execute one queued run: plan, reuse, schedule steps, retry, time out, cancel, record.
+
+The loop is deliberately plain: ready steps go to the executor, finished ones make their
+dependants ready, the first step that fails for good stops new submissions. Every state
+change is written to the store as it happens, so a crash leaves an honest record. Data
+moves between steps as DuckDB relations inside one in-memory database per run (spilling
+to the run folder), never through Python lists.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headwater.config.models import StepBase, step_kind
+from headwater.config.secrets import REDACTOR
+from headwater.engine.context import RunContext
+from headwater.engine.executor import Executor, make_executor
+from headwater.engine.plan import Plan, plan
+from headwater.exceptions import (
+    ConfigError,
+    HeadwaterError,
+    TerminalSourceError,
+    ValidationError,
+)
+from headwater.runtime import ProjectRuntime
+from headwater.steps.base import StepOutput, step_function
+
+Observer = Callable[[str, Mapping[str, Any]], None]
+"""Receives ``(event, fields)``: run_started, step_started, step_finished, log, run_finished."""
+
+_NO_RETRY = (ConfigError, ValidationError, TerminalSourceError)
+
+
+@dataclass
+class StepFailure(Exception):
+    step_id: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class _Attempt:
+    ctx: RunContext | None = None
+    deadline: float | None = None
+
+
+@dataclass
+class _RunState:
+    outputs: dict[str, StepOutput] = field(default_factory=dict)
+    lineage: dict[str, StepOutput] = field(default_factory=dict)
+    attempts: dict[str, _Attempt] = field(default_factory=dict)
+    failure: StepFailure | None = None
+
+
+def merge_outputs(parts: list[StepOutput]) -> StepOutput:
+    """Union the lineage facts of several outputs (no relation), without duplicates."""
+    merged = StepOutput()
+    seen: set[str] = set()
+    for part in parts:
+        for kind in ("sources", "inputs"):
+            for item in getattr(part, kind):
+                marker = kind + json.dumps(item, sort_keys=True, default=str)
+                if marker not in seen:
+                    seen.add(marker)
+                    getattr(merged, kind).append(item)
+        merged.state.update(part.state)
+        for path in part.rejected:
+            if path not in merged.rejected:
+                merged.rejected.append(path)
+    return merged
+
+
+class RunEngine:
+    """Runs one run to the end. Create one per run; not reusable."""
+
+    def __init__(self, project: ProjectRuntime, run_id: str,
+                 observer: Observer | None = None, worker: str | None = None) -> None:
+        self.project = project
+        self.store = project.store
+        self.run = self.store.run(run_id)
+        self.run_id = str(self.run["id"])
+        self.observer = observer
+        self.worker = worker
+        self.cancel_event = threading.Event()
+        self.state = _RunState()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ events
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        if self.observer is not None:
+            self.observer(event, fields)
+
+    def _log(self, step_id: str | None, level: str, message: str,
+             fields: Mapping[str, Any]) -> None:
+        message = REDACTOR(message)
+        clean = REDACTOR.deep(dict(fields)) if fields else {}
+        self.store.log(self.run_id, step_id, level, message, clean)
+        self._emit("log", run_id=self.run_id, step_id=step_id, level=level, message=message,
+                   fields=clean)
+
+    # ------------------------------------------------------------------ entry
+
+    def execute(self) -> dict[str, Any]:
+        """Run to completion; returns the final run row. Never raises for a step failure."""
+        try:
+            pf = self.project.pipeline(self.run["pipeline"])
+            dag = plan(pf, self.project.root)
+            code = _code_version(self.project, pf)
+        except HeadwaterError as exc:
+            self.store.start_run(self.run_id, self.worker)
+            self._finish("failed", REDACTOR(exc.message), None)
+            return self.store.run(self.run_id)
+        self.store.set_code_version(pf.config.name, code, pf.display)
+        self.store.update_run(self.run_id, code_version=code)
+        self.store.start_run(self.run_id, self.worker)
+        self._emit("run_started", run_id=self.run_id, pipeline=pf.config.name,
+                   steps=list(dag.order))
+        workdir = self.project.runs_dir / self.run_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        import duckdb
+
+        db = duckdb.connect(config={"temp_directory": str(workdir / "tmp")})
+        executor = make_executor(self.project.config.executor)
+        self.project.import_path()
+        try:
+            template_vars = self._template_vars(pf.config.params)
+            reuse = self._reused_outputs(dag)
+            self._run_dag(dag, db, executor, workdir, code, template_vars, reuse)
+            self._commit_leftovers(dag, db, workdir, code, template_vars)
+        except HeadwaterError as exc:
+            self.state.failure = self.state.failure or StepFailure("", REDACTOR(exc.message))
+        finally:
+            executor.shutdown(wait=self.state.failure is None)
+            db.close()
+        if self.state.failure is not None:
+            status = "cancelled" if self.cancel_event.is_set() else "failed"
+            self._finish(status, self.state.failure.message, self.state.failure.step_id or None)
+        else:
+            self._finish("succeeded", None, None)
+            shutil.rmtree(workdir / "tmp", ignore_errors=True)
+        return self.store.run(self.run_id)
+
+    def _finish(self, status: str, error: str | None, step: str | None) -> None:
+        self.store.finish_run(self.run_id, status, error, step)
+        self._emit("run_finished", run_id=self.run_id, status=status, error=error, step_id=step)
+
+    # ------------------------------------------------------------------ setup
+
+    def _template_vars(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
+        run = self.run
+        params = {**self.project.config.params, **defaults, **(run["params"] or {})}
+        info = dict(run["trigger_info"] or {})
+        window = {
+            "start": run["window_start"].isoformat() if run["window_start"] else None,
+            "end": run["window_end"].isoformat() if run["window_end"] else None,
+        }
+        return {
+            "params": params,
+            "run": {"id": run["id"], "seq": run["seq"], "pipeline": run["pipeline"],
+                    "trigger": run["trigger"]},
+            "trigger": {"kind": run["trigger"], **info},
+            "window": window,
+        }
+
+    def _reused_outputs(self, dag: Plan) -> dict[str, StepOutput]:
+        """Outputs taken from an earlier run (rerun --from-failed, run --from-step)."""
+        steps = self.run["reuse_steps"]
+        if not steps:
+            return {}
+        parent = self.run["parent_run_id"]
+        found: dict[str, StepOutput] = {}
+        if parent:
+            recorded = self.store.succeeded_outputs(parent)
+            for sid in steps:
+                if sid in recorded and sid in dag.steps:
+                    found[sid] = StepOutput.from_json(recorded[sid])
+        return found
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run_dag(self, dag: Plan, db: Any, executor: Executor, workdir: Path, code: str,
+                 template_vars: Mapping[str, Any], reuse: Mapping[str, StepOutput]) -> None:
+        done: set[str] = set()
+        for sid in dag.order:
+            if sid in reuse:
+                self._accept(dag, db, sid, reuse[sid])
+                self.store.record_step(self.run_id, sid, dag.kind(sid), "reused",
+                                       output=reuse[sid].to_json())
+                self._emit("step_finished", step_id=sid, status="reused", rows=reuse[sid].rows,
+                           seconds=0.0)
+                done.add(sid)
+        running: dict[Future[StepOutput], str] = {}
+        pending = [sid for sid in dag.order if sid not in done]
+        cancel_checked = 0.0
+        while pending or running:
+            if self.state.failure is None and not self.cancel_event.is_set():
+                for sid in [s for s in pending if all(d in done for d in dag.deps[s])]:
+                    pending.remove(sid)
+                    running[self._submit(executor, dag, db, sid, workdir, code,
+                                         template_vars)] = sid
+            elif not running:
+                break
+            if not running:
+                break
+            finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in finished:
+                sid = running.pop(future)
+                try:
+                    output = future.result()
+                except StepFailure as failure:
+                    self.state.failure = self.state.failure or failure
+                    continue
+                self._accept(dag, db, sid, output)
+                done.add(sid)
+            now = time.monotonic()
+            if now - cancel_checked > 0.5:
+                cancel_checked = now
+                self._check_cancel_and_timeouts(running)
+        for sid in pending:
+            self.store.record_step(self.run_id, sid, dag.kind(sid), "skipped")
+        if self.cancel_event.is_set() and self.state.failure is None:
+            self.state.failure = StepFailure("", "cancelled by request")
+
+    def _check_cancel_and_timeouts(self, running: Mapping[Future[StepOutput], str]) -> None:
+        if not self.cancel_event.is_set() and self.store.cancel_requested(self.run_id):
+            self.cancel_event.set()
+            self._log(None, "warning", "cancel requested: stopping running steps", {})
+            for sid in running.values():
+                attempt = self.state.attempts.get(sid)
+                if attempt and attempt.ctx:
+                    attempt.ctx.interrupt("cancelled")
+        now = time.monotonic()
+        for sid in running.values():
+            attempt = self.state.attempts.get(sid)
+            if attempt and attempt.deadline and now > attempt.deadline and attempt.ctx \
+                    and attempt.ctx.interrupted is None:
+                attempt.ctx.interrupt("timeout")
+
+    def _accept(self, dag: Plan, db: Any, sid: str, output: StepOutput) -> None:
+        """Record a finished step's output: a view by its id, and its merged lineage."""
+        self.state.outputs[sid] = output
+        upstream = [self.state.lineage[d] for d in dag.deps[sid] if d in self.state.lineage]
+        self.state.lineage[sid] = merge_outputs([*upstream, output])
+        if output.relation:
+            db.execute(f'CREATE OR REPLACE VIEW "{sid}" AS {output.relation}')
+
+    def _submit(self, executor: Executor, dag: Plan, db: Any, sid: str, workdir: Path,
+                code: str, template_vars: Mapping[str, Any]) -> Future[StepOutput]:
+        step = dag.steps[sid]
+        inputs = {d: self.state.outputs[d] for d in dag.deps[sid] if d in self.state.outputs}
+        lineage = merge_outputs([self.state.lineage[d] for d in dag.deps[sid]
+                                 if d in self.state.lineage])
+        attempt = _Attempt()
+        self.state.attempts[sid] = attempt
+
+        def make_ctx(number: int) -> RunContext:
+            return RunContext(
+                run_id=self.run_id, run_seq=int(self.run["seq"]), pipeline=self.run["pipeline"],
+                step_id=sid, attempt=number, code_version=code, trigger=self.run["trigger"],
+                project=self.project, workdir=workdir, inputs=inputs, lineage=lineage,
+                template_vars=template_vars, db=db, sink=self._log,
+                cancel_event=self.cancel_event)
+
+        return executor.submit(lambda: self._run_step(step, make_ctx, attempt))
+
+    def _run_step(self, step: StepBase, make_ctx: Callable[[int], RunContext],
+                  attempt: _Attempt) -> StepOutput:
+        kind = step_kind(step)
+        total = step.retries.count + 1
+        for number in range(1, total + 1):
+            ctx = make_ctx(number)
+            attempt.ctx = ctx
+            attempt.deadline = time.monotonic() + step.timeout if step.timeout else None
+            attempt_id = self.store.start_step(self.run_id, step.id, kind, number)
+            self._emit("step_started", step_id=step.id, kind=kind, attempt=number)
+            started = time.perf_counter()
+            try:
+                output = step_function(kind)(ctx, step)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded, then raised
+                seconds = time.perf_counter() - started
+                message = _describe(step, kind, exc, ctx)
+                self.store.finish_step(attempt_id, "failed", seconds=seconds, error=message)
+                self._emit("step_finished", step_id=step.id, status="failed", error=message,
+                           seconds=seconds)
+                retryable = not isinstance(exc, _NO_RETRY) and ctx.interrupted is None
+                if number < total and retryable and not self.cancel_event.is_set():
+                    delay = step.retries.backoff * (2 ** (number - 1))
+                    self._log(step.id, "warning", f"attempt {number} of {total} failed; "
+                              f"retrying in {delay:g}s", {"error": message})
+                    time.sleep(delay)
+                    continue
+                raise StepFailure(step.id, message) from exc
+            finally:
+                ctx.close()
+            seconds = time.perf_counter() - started
+            self.store.finish_step(attempt_id, "succeeded", seconds=seconds,
+                                   rows_out=output.rows, output=output.to_json(),
+                                   rows_in=output.info.get("rows_in"),
+                                   bytes_=output.info.get("bytes"))
+            self._emit("step_finished", step_id=step.id, status="succeeded", rows=output.rows,
+                       seconds=seconds, info=output.info)
+            return output
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ end of run
+
+    def _commit_leftovers(self, dag: Plan, db: Any, workdir: Path, code: str,
+                          template_vars: Mapping[str, Any]) -> None:
+        """Quarantined rows and incremental state no publish step carried: commit them now."""
+        if self.state.failure is not None:
+            return
+        carried_rejected: set[str] = set()
+        carried_state: set[str] = set()
+        for output in self.state.outputs.values():
+            carried_rejected.update(output.info.get("committed_rejected", []))
+            carried_state.update(output.info.get("committed_state", []))
+        everything = merge_outputs(list(self.state.lineage.values()))
+        rejected = [p for p in everything.rejected if p not in carried_rejected]
+        state = {k: v for k, v in everything.state.items() if k not in carried_state}
+        if rejected:
+            from headwater.steps.publish import publish_rejected
+
+            publish_rejected(self.project, self.run, code, rejected, step_id="_end")
+        if state:
+            from headwater.steps.base import split_state_key
+
+            self.store.put_state(self.run["pipeline"],
+                                 {split_state_key(k): v for k, v in state.items()},
+                                 self.run_id)
+
+
+def _describe(step: StepBase, kind: str, exc: BaseException, ctx: RunContext) -> str:
+    """``step 'raw' (source files) failed: <cause>`` with secrets masked."""
+    if ctx.interrupted == "timeout":
+        cause = f"timed out after {step.timeout:g}s"
+    elif ctx.interrupted == "cancelled":
+        cause = "cancelled"
+    elif isinstance(exc, HeadwaterError):
+        cause = exc.message
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        cause = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    what = kind
+    source = getattr(step, "source", None)
+    if source is not None:
+        what = f"source {source.type}"
+        where = getattr(source, "path", None) or getattr(source, "dataset", None)
+        if where:
+            what += f" {where}"
+    return REDACTOR(f"step '{step.id}' ({what}) failed: {cause}")
+
+
+def _code_version(project: ProjectRuntime, pf: Any) -> str:
+    try:
+        from headwater.engine.codeversion import code_version
+    except ImportError:  # pragma: no cover - during bring-up only
+        import hashlib
+
+        return hashlib.sha256(pf.path.read_bytes()).hexdigest()[:16]
+    return code_version(project.root, pf).hash
+
+
+def execute_run(project: ProjectRuntime, run_id: str, observer: Observer | None = None,
+                worker: str | None = None) -> dict[str, Any]:
+    """Execute a queued run and return its final row (status, error, ...)."""
+    return RunEngine(project, run_id, observer, worker).execute()

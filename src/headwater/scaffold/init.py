@@ -1,0 +1,144 @@
+"""``headwater init``: the example project, with sample data generated on the spot.
+
+The sample is a small shop: order CSV files landing in a folder (a few rows deliberately
+malformed, so quarantine shows up on the first run), a SQL step, a Python step, a
+validation contract and a publish with deterministic splits. Data is generated from a
+fixed seed, so every new project starts identical.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from headwater.exceptions import HeadwaterError
+
+PROJECT_YAML = """\
+# headwater project settings. See README for every key.
+name: shop
+store: sqlite:///.headwater/headwater.db   # or postgresql+psycopg://user@127.0.0.1/db
+warehouse: ./warehouse                     # a folder or an fsspec URL (az://container/path)
+max_concurrent_runs: 4
+connections: {}
+"""
+
+ORDERS_YAML = """\
+name: orders
+description: Orders for the churn model
+params: {min_amount: 0}
+triggers:
+  - files: {path: landing/orders, pattern: "*.csv", settle: 1s}
+  - schedule: {cron: "0 2 * * *", timezone: Europe/Berlin}
+  - code_change: true
+steps:
+  - id: raw
+    source:
+      type: files
+      path: landing/orders/*.csv
+      format: csv
+      incremental: true          # read only files not ingested before
+      bad_rows: quarantine       # unparsable rows go to orders__rejected with reasons
+      columns: {order_id: int64, amount: float64}
+  - id: clean
+    sql: sql/clean.sql
+  - id: enriched
+    python: transforms.orders:enrich
+    input: clean
+  - id: checked
+    validate:
+      input: enriched
+      columns:
+        order_id: {type: int64, nullable: false, unique: true}
+        amount:   {type: float64, min: 0}
+        country:  {type: string, in: [DE, FR, US, GB]}
+      rules: ["shipped_at IS NULL OR shipped_at >= ordered_at"]
+      on_error: quarantine
+      max_error_ratio: 0.05
+  - id: publish
+    publish:
+      input: checked
+      dataset: orders
+      mode: merge
+      key: [order_id]
+      split: {by: customer_id, train: 0.8, validation: 0.1, test: 0.1}
+"""
+
+CLEAN_SQL = """\
+-- Orders worth keeping: a positive amount, normalised country codes.
+SELECT
+    order_id,
+    customer_id,
+    upper(trim(country)) AS country,
+    amount,
+    ordered_at,
+    shipped_at
+FROM raw
+WHERE amount >= {{ params.min_amount }}
+"""
+
+TRANSFORM_PY = '''\
+"""Python steps take and return Arrow tables (or Polars/pandas frames, by annotation)."""
+
+import polars as pl
+
+
+def enrich(clean: pl.DataFrame) -> pl.DataFrame:
+    """Add the order's weekday and a size bucket, features the churn model uses."""
+    return clean.with_columns(
+        pl.col("ordered_at").dt.weekday().alias("weekday"),
+        pl.when(pl.col("amount") >= 100).then(pl.lit("large"))
+        .otherwise(pl.lit("small")).alias("size"),
+    )
+'''
+
+GITIGNORE = ".headwater/\nwarehouse/\n"
+
+COUNTRIES = ["DE", "FR", "US", "GB", "de", " fr"]
+
+
+def write_orders(path: Path, start_id: int, rows: int, seed: int, bad: bool = True) -> None:
+    """One CSV of orders; with ``bad``, three malformed rows among them."""
+    rng = random.Random(seed)
+    base = datetime(2026, 1, 1)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["order_id", "customer_id", "country", "amount", "ordered_at",
+                         "shipped_at"])
+        for i in range(rows):
+            ordered = base + timedelta(minutes=rng.randrange(0, 60 * 24 * 300))
+            shipped = ordered + timedelta(hours=rng.randrange(1, 96)) \
+                if rng.random() > 0.2 else None
+            writer.writerow([start_id + i, f"c{rng.randrange(1, rows // 3 + 2):05d}",
+                             rng.choice(COUNTRIES), f"{rng.uniform(1, 400):.2f}",
+                             ordered.isoformat(sep=" "),
+                             shipped.isoformat(sep=" ") if shipped else ""])
+    if bad:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(f"{start_id + rows},c00001,DE,not-a-number,2026-02-01 10:00:00,\n")
+            handle.write(f"{start_id + rows + 1},c00002,FR,12.50\n")
+            handle.write(f"{start_id + rows + 2},c00003,US,-5.00,2026-02-03 10:00:00,"
+                         f"2026-02-01 09:00:00\n")
+
+
+def scaffold(directory: Path, force: bool = False) -> Path:
+    """Create the example project in ``directory``; returns its absolute path."""
+    root = directory.resolve()
+    if (root / "headwater.yaml").exists() and not force:
+        raise HeadwaterError(f"{root} already holds a headwater project (use --force to "
+                             "overwrite the example files)")
+    if root.exists() and any(p for p in root.iterdir() if not p.name.startswith(".")) \
+            and not force and not (root / "headwater.yaml").exists():
+        raise HeadwaterError(f"{root} is not empty; choose a new folder or pass --force")
+    for folder in ("pipelines", "sql", "transforms", "landing/orders"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "headwater.yaml").write_text(PROJECT_YAML, encoding="utf-8")
+    (root / "pipelines" / "orders.yaml").write_text(ORDERS_YAML, encoding="utf-8")
+    (root / "sql" / "clean.sql").write_text(CLEAN_SQL, encoding="utf-8")
+    (root / "transforms" / "__init__.py").write_text("", encoding="utf-8")
+    (root / "transforms" / "orders.py").write_text(TRANSFORM_PY, encoding="utf-8")
+    (root / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
+    write_orders(root / "landing" / "orders" / "orders-001.csv", 1, 500, seed=1)
+    write_orders(root / "landing" / "orders" / "orders-002.csv", 1001, 500, seed=2, bad=False)
+    return root

@@ -1,0 +1,53 @@
+"""``command`` steps: run a process (a training script, say); its output is the step log.
+
+Templates are rendered into the command line; a list runs without a shell, a string
+through ``/bin/sh``. A non-zero exit fails the step with the exit code and the last lines
+of output; a timeout or cancel kills the whole process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections import deque
+
+from headwater.config.models import CommandStep
+from headwater.exceptions import StepError
+from headwater.steps.base import StepContext, StepOutput, register
+
+
+@register("command")
+def run_command(ctx: StepContext, step: CommandStep) -> StepOutput:
+    if isinstance(step.command, str):
+        argv: str | list[str] = ctx.render(step.command)
+    else:
+        argv = [ctx.render(part) for part in step.command]
+    env = {**os.environ, **{k: ctx.render(v) for k, v in step.env.items()},
+           "HEADWATER_RUN_ID": ctx.run_id, "HEADWATER_STEP_ID": ctx.step_id}
+    cwd = ctx.project.root / step.cwd if step.cwd else ctx.project.root
+    proc = subprocess.Popen(argv, shell=isinstance(argv, str), cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+    on_interrupt = getattr(ctx, "on_interrupt", None)
+    if on_interrupt is not None:
+        on_interrupt(lambda: _kill(proc))
+    tail: deque[str] = deque(maxlen=20)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        ctx.log(line, stream="output")
+    code = proc.wait()
+    if code != 0:
+        last = " | ".join(list(tail)[-3:])
+        raise StepError(f"command exited with code {code}" + (f": {last}" if last else ""))
+    return StepOutput(info={"exit_code": code})
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

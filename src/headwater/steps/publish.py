@@ -1,0 +1,254 @@
+"""``publish`` steps: the input rows become one new version of a dataset.
+
+Builds the final query (Delta-safe types, the deterministic ``_split`` column, optional
+dedupe), enforces ``schema: freeze``, commits quarantined rows to ``<pipeline>__rejected``
+first and then the data, carrying the run's incremental state into the same record.
+The commit mechanics live in :mod:`headwater.datasets.publish`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from headwater.config.models import PublishConfig, PublishStep
+from headwater.datasets import delta
+from headwater.datasets.publish import (
+    PublishResult,
+    VersionFacts,
+    normalised_select,
+    publish_reader,
+    quote,
+)
+from headwater.exceptions import PublishError, StepError
+from headwater.steps.base import REJECTED_COLUMNS, StepContext, StepOutput, register
+from headwater.steps.spill import sql_string
+
+if TYPE_CHECKING:
+    from headwater.runtime import ProjectRuntime
+
+BATCH_ROWS = 256_000
+
+
+def rejected_dataset(pipeline: str) -> str:
+    return f"{pipeline}__rejected"
+
+
+def _final_query(con: Any, relation: str, config: PublishConfig) -> str:
+    query = normalised_select(con, relation)
+    if config.dedupe:
+        cols = ", ".join(quote(c) for c in config.dedupe)
+        query = f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY {cols}) = 1"
+    if config.mode == "merge" and config.key:
+        query = _one_row_per_key(con, query, config)
+    if config.split is not None:
+        from headwater.datasets.split import add_split
+
+        query = add_split(query, config.split)
+    return query
+
+
+def _one_row_per_key(con: Any, query: str, config: PublishConfig) -> str:
+    """A merge needs one source row per key: newest by ``order_by`` wins, else fail clearly."""
+    keys = ", ".join(quote(k) for k in config.key)
+    if config.order_by:
+        return (f"SELECT * FROM ({query}) QUALIFY row_number() OVER (PARTITION BY {keys} "
+                f"ORDER BY {config.order_by} DESC) = 1")
+    dupes = con.sql(f"SELECT {keys}, count(*) AS n FROM ({query}) GROUP BY ALL HAVING n > 1 "
+                    f"LIMIT 3").fetchall()
+    if dupes:
+        shown = "; ".join(", ".join(map(str, row[:-1])) + f" ({row[-1]} rows)" for row in dupes)
+        raise PublishError(
+            f"merge key {config.key} is not unique in the input (e.g. {shown}); add "
+            f"'order_by: <column>' to keep the newest row per key, or 'dedupe: [...]'")
+    return query
+
+
+def _check_schema(con: Any, query: str, ctx: StepContext, config: PublishConfig,
+                  uri: str) -> list[str]:
+    """Fail under ``freeze`` on any new or changed column; describe changes under evolve."""
+    table = delta.open_table(uri)
+    if table is None:
+        return []
+    existing = delta.arrow_schema(table)
+    incoming = con.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
+    changes = []
+    for field in incoming:
+        if field.name not in existing.names:
+            changes.append(f"new column {field.name!r} ({field.type})")
+        elif not _compatible(existing.field(field.name).type, field.type):
+            changes.append(f"column {field.name!r} changed type from "
+                           f"{existing.field(field.name).type} to {field.type}")
+    missing = [n for n in existing.names if n not in incoming.names]
+    changes.extend(f"column {name!r} is missing from the input" for name in missing)
+    if changes and config.schema_ == "freeze":
+        raise PublishError(f"schema is frozen for dataset {config.dataset!r}: "
+                           + "; ".join(changes) + " (nothing was written)")
+    return changes
+
+
+def _compatible(existing: pa.DataType, incoming: pa.DataType) -> bool:
+    if existing == incoming:
+        return True
+    if pa.types.is_string(existing) and (pa.types.is_string(incoming)
+                                         or pa.types.is_large_string(incoming)):
+        return True
+    if pa.types.is_timestamp(existing) and pa.types.is_timestamp(incoming):
+        return True
+    return False
+
+
+def _aligned(con: Any, query: str, uri: str) -> str:
+    """Cast columns to the types the dataset already has, so appends don't fail on widening."""
+    table = delta.open_table(uri)
+    if table is None:
+        return query
+    existing = delta.arrow_schema(table)
+    rel = con.sql(f"SELECT * FROM ({query}) LIMIT 0")
+    incoming = rel.to_arrow_table().schema
+    casts = []
+    changed = False
+    for field in incoming:
+        if field.name in existing.names and existing.field(field.name).type != field.type:
+            target = _duckdb_type(existing.field(field.name).type)
+            if target is not None:
+                changed = True
+                casts.append(f"TRY_CAST({quote(field.name)} AS {target}) AS {quote(field.name)}")
+                continue
+        casts.append(quote(field.name))
+    return f"SELECT {', '.join(casts)} FROM ({query})" if changed else query
+
+
+def _duckdb_type(dtype: pa.DataType) -> str | None:
+    simple = {
+        pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
+        pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.bool_(): "BOOLEAN",
+        pa.date32(): "DATE",
+    }
+    if dtype in simple:
+        return simple[dtype]
+    if pa.types.is_timestamp(dtype):
+        return "TIMESTAMPTZ" if dtype.tz else "TIMESTAMP"
+    if pa.types.is_decimal(dtype):
+        return f"DECIMAL({dtype.precision},{dtype.scale})"
+    return None
+
+
+def _stats_fn(ctx: StepContext, config: PublishConfig, previous: dict[str, Any] | None) -> Any:
+    """Per-version column statistics and drift against the previous version."""
+
+    def compute(table: Any, _dv: int) -> tuple[Any, Any]:
+        try:
+            from headwater.datasets.drift import compute_drift, exceeds
+            from headwater.datasets.stats import column_stats
+        except ImportError:  # pragma: no cover
+            return None, None
+        files = delta.files_of(table)
+        if not files:
+            return {}, None
+        con = ctx.cursor()
+        listing = ", ".join(sql_string(f) for f in files)
+        stats = column_stats(con, f"SELECT * FROM read_parquet([{listing}], union_by_name=true)")
+        drift = compute_drift(previous, stats) if previous else None
+        if drift and config.drift is not None:
+            over = exceeds(drift, config.drift)
+            if over:
+                message = (f"drift over max_psi {config.drift.max_psi} in "
+                           f"{', '.join(over)} of dataset {config.dataset!r}")
+                if config.drift.on_exceed == "fail":
+                    raise PublishError(message)
+                ctx.log(message, level="warning")
+        return stats, drift
+
+    return compute
+
+
+def _previous_stats(ctx: StepContext, dataset: str) -> dict[str, Any] | None:
+    try:
+        record = ctx.project.store.version(dataset)
+    except Exception:  # noqa: BLE001 - no version yet
+        return None
+    stats = record.get("stats")
+    return stats if isinstance(stats, dict) else None
+
+
+@register("publish")
+def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
+    config = step.publish
+    source = ctx.inputs.get(config.input)
+    if source is None or source.relation is None:
+        raise StepError(f"step {config.input!r} produced no rows to publish")
+    con = ctx.cursor()
+    uri = ctx.project.dataset_uri(config.dataset)
+    try:
+        query = _final_query(con, source.relation, config)
+        changes = _check_schema(con, query, ctx, config, uri)
+        if config.mode != "overwrite":
+            query = _aligned(con, query, uri)
+    except PublishError:
+        raise
+    except Exception as exc:
+        raise StepError(str(exc).strip().splitlines()[0]) from None
+    lineage = ctx.lineage
+    committed_rejected = publish_rejected(ctx.project, _run_row(ctx), ctx.code_version,
+                                          lineage.rejected, step_id=ctx.step_id)
+    facts = VersionFacts(
+        run_id=ctx.run_id, pipeline=ctx.pipeline, step_id=ctx.step_id,
+        code_version=ctx.code_version, trigger=ctx.trigger, mode=config.mode,
+        inputs=list(lineage.inputs), sources=list(lineage.sources), state=dict(lineage.state),
+        key=list(config.key))
+    reader = con.sql(query).to_arrow_reader(BATCH_ROWS)
+    result = publish_reader(
+        ctx.project.store, config.dataset, uri, reader, facts,
+        partition_by=config.partition_by, evolve=config.schema_ == "evolve",
+        stats_fn=_stats_fn(ctx, config, _previous_stats(ctx, config.dataset)))
+    _log_result(ctx, result, changes)
+    if result.skipped == "no rows to publish" and lineage.state:
+        # nothing new arrived, but what was seen (e.g. empty files) still counts as seen
+        from headwater.steps.base import split_state_key
+
+        ctx.project.store.put_state(ctx.pipeline, {split_state_key(k): v for k, v in
+                                                   lineage.state.items()}, ctx.run_id)
+    return StepOutput(rows=result.rows_added, info={
+        "dataset": config.dataset, "version": result.version, "rows_added": result.rows_added,
+        "rows_removed": result.rows_removed, "skipped": result.skipped,
+        "schema_changes": changes, "bytes": result.bytes,
+        "committed_rejected": committed_rejected, "committed_state": list(lineage.state)})
+
+
+def _log_result(ctx: StepContext, result: PublishResult, changes: Sequence[str]) -> None:
+    if result.skipped:
+        ctx.log(f"dataset {result.dataset}: {result.skipped}; no new version")
+        return
+    ctx.log(f"published {result.dataset} version {result.version}: +{result.rows_added} "
+            f"-{result.rows_removed} rows", dataset=result.dataset, version=result.version)
+    for change in changes:
+        ctx.log(f"schema evolved: {change}", level="warning")
+
+
+def _run_row(ctx: StepContext) -> Mapping[str, Any]:
+    return {"id": ctx.run_id, "pipeline": ctx.pipeline, "trigger": ctx.trigger}
+
+
+def publish_rejected(project: ProjectRuntime, run: Mapping[str, Any], code_version: str,
+                     paths: Sequence[str], *, step_id: str) -> list[str]:
+    """Append quarantined rows (Parquet spills) to ``<pipeline>__rejected``, idempotently."""
+    if not paths:
+        return []
+    import duckdb
+
+    name = rejected_dataset(str(run["pipeline"]))
+    listing = ", ".join(sql_string(p) for p in paths)
+    columns = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in REJECTED_COLUMNS)
+    with duckdb.connect() as con:
+        reader = con.sql(f"SELECT {columns} FROM read_parquet([{listing}], union_by_name=true)"
+                         ).to_arrow_reader(BATCH_ROWS)
+        facts = VersionFacts(run_id=str(run["id"]), pipeline=str(run["pipeline"]),
+                             step_id=f"{step_id}:rejected", code_version=code_version,
+                             trigger=str(run.get("trigger", "manual")), mode="append")
+        publish_reader(project.store, name, project.dataset_uri(name), reader, facts,
+                       evolve=False)
+    return list(paths)

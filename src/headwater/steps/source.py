@@ -1,0 +1,134 @@
+"""``source`` steps: turn a place outside the run into a relation inside it.
+
+``files`` lists what matches, drops what an incremental source has already ingested
+(path + size + mtime/etag), and either scans lazily (the default ``bad_rows: fail``, so
+DuckDB streams straight into the consumer) or scans once into a Parquet spill while
+collecting unparsable rows (``skip`` / ``quarantine``). The files taken are recorded as
+the run's fingerprint and as incremental state that advances only with the publish.
+``dataset`` reads a version of another headwater dataset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from headwater.config.models import DatasetSource, FilesSource, SourceStep
+from headwater.connectors import files as fileconn
+from headwater.datasets import delta
+from headwater.exceptions import ConfigError, HeadwaterError, TerminalSourceError
+from headwater.steps.base import StepContext, StepOutput, register, state_key
+from headwater.steps.spill import sql_string
+
+
+@register("source")
+def run_source(ctx: StepContext, step: SourceStep) -> StepOutput:
+    source = step.source
+    if isinstance(source, FilesSource):
+        return _files(ctx, source)
+    if isinstance(source, DatasetSource):
+        return _dataset(ctx, source)
+    raise ConfigError(f"source type {source.type!r} is not available yet in this version "
+                      "(available: files, dataset)", problems=[])
+
+
+def storage_options(ctx: StepContext, connection: str | None) -> dict[str, Any] | None:
+    """fsspec options from a project connection (secrets resolved here, never logged)."""
+    if connection is None:
+        return None
+    settings = dict(ctx.project.connection(connection))
+    kind = settings.pop("type")
+    if kind in ("azure_blob", "azure", "adls"):
+        return {k: v for k, v in settings.items() if v is not None}
+    return settings
+
+
+def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
+    root = ctx.project.root
+    options = storage_options(ctx, source.connection)
+    path = ctx.render(source.path)
+    matched = fileconn.list_files(path, root=root, storage_options=options)
+    con = ctx.cursor()
+    fileconn.register_filesystem(con, matched[0].path if matched else path, options)
+    new = _unseen(ctx, matched) if source.incremental else matched
+    fingerprint = {"step": ctx.step_id, "type": "files", "path": source.path,
+                   "files": [f.fingerprint() for f in new]}
+    state = {state_key(ctx.step_id, f.path): f.fingerprint() for f in new}
+    if source.incremental:
+        ctx.log(f"{len(new)} new of {len(matched)} matching files", files=len(new))
+    if not new:
+        relation = f"SELECT * FROM ({fileconn.scan_sql(matched, source, root=root)}) LIMIT 0"
+        _bind(con, relation, matched, ctx.step_id)
+        return StepOutput(relation=relation, rows=0, sources=[fingerprint], state=state)
+    if source.bad_rows == "fail":
+        relation = fileconn.scan_sql(new, source, root=root)
+        _bind(con, relation, new, ctx.step_id)
+        return StepOutput(relation=relation, sources=[fingerprint], state=state,
+                          info={"files": len(new)})
+    return _scan_with_rejects(ctx, source, new, fingerprint, state)
+
+
+def _scan_with_rejects(ctx: StepContext, source: FilesSource, files: list[Any],
+                       fingerprint: dict[str, Any], state: dict[str, Any]) -> StepOutput:
+    out = ctx.workdir / f"{ctx.step_id}.parquet"
+    try:
+        result = fileconn.materialize(ctx.cursor(), files, source, out, run_id=ctx.run_id,
+                                      step_id=ctx.step_id)
+    except HeadwaterError:
+        raise
+    except Exception as exc:
+        raise fileconn.translate_error(exc, files, ctx.step_id) from None
+    rejected: list[str] = []
+    if result.skipped:
+        verb = "quarantined" if source.bad_rows == "quarantine" else "skipped"
+        ctx.log(f"{result.skipped} unparsable rows {verb}", level="warning",
+                rows_rejected=result.skipped)
+    if result.rejected is not None and result.rejected.num_rows and \
+            source.bad_rows == "quarantine":
+        import pyarrow.parquet as pq
+
+        path = ctx.workdir / f"{ctx.step_id}.rejected.parquet"
+        pq.write_table(result.rejected, path)
+        rejected.append(str(path))
+    for empty in result.empty_files:
+        ctx.log(f"{empty} is empty; it adds no rows", level="warning")
+    return StepOutput(relation=f"SELECT * FROM read_parquet({sql_string(str(out))})",
+                      rows=result.rows, sources=[fingerprint], state=state, rejected=rejected,
+                      info={"files": len(files), "rows_rejected": result.skipped})
+
+
+def _unseen(ctx: StepContext, matched: list[Any]) -> list[Any]:
+    seen = ctx.project.store.state(ctx.pipeline, ctx.step_id)
+    return [f for f in matched if seen.get(f.path) != f.fingerprint()]
+
+
+def _bind(con: Any, relation: str, files: list[Any], step_id: str) -> None:
+    """Plan the scan now, so sniffing/encoding/type-hint errors fail this step."""
+    try:
+        con.sql(relation).columns  # noqa: B018
+    except HeadwaterError:
+        raise
+    except Exception as exc:
+        raise fileconn.translate_error(exc, files, step_id) from None
+
+
+def _dataset(ctx: StepContext, source: DatasetSource) -> StepOutput:
+    store = ctx.project.store
+    record = store.version(source.dataset, source.version)
+    uri = store.dataset(source.dataset)["uri"]
+    table = delta.open_table(uri, version=int(record["version"]))
+    if table is None:
+        raise TerminalSourceError(f"dataset {source.dataset!r} has no Delta table at {uri}")
+    files = delta.files_of(table)
+    if files:
+        listing = ", ".join(sql_string(f.removeprefix("file://")) for f in files)
+        hive = "true" if delta.partition_columns(table) else "false"
+        relation = (f"SELECT * FROM read_parquet([{listing}], union_by_name=true, "
+                    f"hive_partitioning={hive})")
+    else:
+        relation = "SELECT NULL AS _empty LIMIT 0"
+    version = int(record["version"])
+    ctx.log(f"reading dataset {source.dataset} version {version}")
+    return StepOutput(relation=relation, rows=int(record["rows_total"]),
+                      inputs=[{"dataset": source.dataset, "version": version}],
+                      sources=[{"step": ctx.step_id, "type": "dataset",
+                                "dataset": source.dataset, "version": version}])

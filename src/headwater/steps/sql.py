@@ -1,0 +1,42 @@
+"""``sql`` steps: DuckDB SQL over earlier steps' outputs, by step id.
+
+A SQL step is a view by default: DuckDB plans it together with its inputs and its
+consumer, so filters reach the file scan and nothing is written twice. ``materialize:
+true`` spills it to Parquet (worth it when several steps read an expensive result).
+Binding happens here, so a wrong column fails this step, not the one reading it.
+"""
+
+from __future__ import annotations
+
+from headwater.config.models import SqlStep
+from headwater.engine.plan import sql_text
+from headwater.exceptions import StepError
+from headwater.steps.base import StepContext, StepOutput, register
+from headwater.steps.spill import spill
+
+
+@register("sql")
+def run_sql(ctx: StepContext, step: SqlStep) -> StepOutput:
+    try:
+        query = ctx.render(sql_text(step, ctx.project.root)).strip().rstrip(";")
+    except ValueError as exc:
+        raise StepError(str(exc)) from None
+    con = ctx.cursor()
+    try:
+        relation = con.sql(query)
+        if relation is None:
+            raise StepError("the SQL must be a query (SELECT ...) that returns rows")
+        relation.columns  # noqa: B018 - binds the query now, so errors name this step
+    except StepError:
+        raise
+    except Exception as exc:  # duckdb.Error and friends
+        raise StepError(_duckdb_message(exc)) from None
+    if step.materialize:
+        return spill(ctx, query)
+    return StepOutput(relation=query)
+
+
+def _duckdb_message(exc: Exception) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first
