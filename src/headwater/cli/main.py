@@ -109,6 +109,17 @@ def check(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
         raise typer.Exit(2)
 
 
+@app.command()
+def schema(kind: Annotated[str, typer.Argument(help="pipeline or project")] = "pipeline",
+           ) -> None:
+    """Print the JSON Schema of pipeline (or project) files, for editors."""
+    from headwater.config.schema import render
+
+    if kind not in ("pipeline", "project"):
+        _fail("schema kind must be 'pipeline' or 'project'", 2)
+    sys.stdout.write(render(kind))
+
+
 # --------------------------------------------------------------------------- runs
 
 

@@ -26,19 +26,19 @@ def run_command(ctx: StepContext, step: CommandStep) -> StepOutput:
     env = {**os.environ, **{k: ctx.render(v) for k, v in step.env.items()},
            "HEADWATER_RUN_ID": ctx.run_id, "HEADWATER_STEP_ID": ctx.step_id}
     cwd = ctx.project.root / step.cwd if step.cwd else ctx.project.root
-    proc = subprocess.Popen(argv, shell=isinstance(argv, str), cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)
-    on_interrupt = getattr(ctx, "on_interrupt", None)
-    if on_interrupt is not None:
-        on_interrupt(lambda: _kill(proc))
-    tail: deque[str] = deque(maxlen=20)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        tail.append(line)
-        ctx.log(line, stream="output")
-    code = proc.wait()
+    with subprocess.Popen(argv, shell=isinstance(argv, str), cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace", start_new_session=True) as proc:
+        on_interrupt = getattr(ctx, "on_interrupt", None)
+        if on_interrupt is not None:
+            on_interrupt(lambda: _kill(proc))
+        tail: deque[str] = deque(maxlen=20)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            ctx.log(line, stream="output")
+        code = proc.wait()
     if code != 0:
         last = " | ".join(list(tail)[-3:])
         raise StepError(f"command exited with code {code}" + (f": {last}" if last else ""))

@@ -13,6 +13,7 @@ import importlib
 import inspect
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -24,14 +25,31 @@ from headwater.steps.base import StepContext, StepOutput, register
 from headwater.steps.spill import sql_string
 
 
-def load_function(ref: str, root_hint: str = "") -> Callable[..., Any]:
-    """Import ``module:function``; errors say what is missing and where it was looked for."""
+def _forget_foreign(module_name: str, root: Path) -> None:
+    """Drop cached project modules that came from another project folder (or are stale)."""
+    parts = module_name.split(".")
+    for end in range(len(parts), 0, -1):
+        name = ".".join(parts[:end])
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None) if module is not None else None
+        if module is not None and (origin is None or Path(origin).is_relative_to(root)
+                                   or not Path(origin).exists()):
+            del sys.modules[name]
+        elif module is not None and origin and root.parent in Path(origin).parents:
+            del sys.modules[name]
+
+
+def load_function(ref: str, root: Path) -> Callable[..., Any]:
+    """Import ``module:function`` fresh from the project, so an edited module takes effect.
+
+    Errors say what is missing and where it was looked for.
+    """
     module_name, _, func_name = ref.partition(":")
+    root_hint = f" (looked in {root})"
+    _forget_foreign(module_name, root)
+    importlib.invalidate_caches()
     try:
-        if module_name in sys.modules:
-            module = importlib.reload(sys.modules[module_name])
-        else:
-            module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ConfigError(f"python: cannot import {module_name!r} ({exc.msg}){root_hint}",
                           problems=[]) from None
@@ -82,7 +100,7 @@ def _to_arrow(value: Any) -> pa.Table | None:
 
 @register("python")
 def run_python(ctx: StepContext, step: PythonStep) -> StepOutput:
-    func = load_function(step.python, f" (looked in {ctx.project.root})")
+    func = load_function(step.python, ctx.project.root)
     signature = inspect.signature(func)
     named = ([step.input] if step.input else []) + list(step.inputs)
     kwargs: dict[str, Any] = {}

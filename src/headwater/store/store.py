@@ -266,10 +266,10 @@ class Store:
                           .order_by(t.step_runs.c.id))
 
     def succeeded_outputs(self, run_id: str) -> dict[str, dict[str, Any]]:
-        """step id → recorded output of each step that succeeded in ``run_id``."""
+        """step id → recorded output of each step that succeeded (or was reused) in a run."""
         out: dict[str, dict[str, Any]] = {}
         for row in self.steps(run_id):
-            if row["status"] == "succeeded" and row["output"] is not None:
+            if row["status"] in ("succeeded", "reused") and row["output"] is not None:
                 out[row["step_id"]] = row["output"]
         return out
 

@@ -1,0 +1,85 @@
+"""Shared fixtures: throwaway projects on disk, stores on SQLite and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN = os.environ.get("HEADWATER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+ProjectFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> ProjectFactory:
+    """Write a project: ``make_project(pipelines={"name": yaml}, files={"rel": text})``."""
+
+    def factory(pipelines: dict[str, str] | None = None, files: dict[str, str] | None = None,
+                settings: str = "", name: str = "proj") -> Path:
+        root = tmp_path / name
+        write(root / "headwater.yaml", f"name: {name}\n" + textwrap.dedent(settings))
+        for pname, text in (pipelines or {}).items():
+            write(root / "pipelines" / f"{pname}.yaml", text)
+        for rel, text in (files or {}).items():
+            write(root / rel, text)
+        return root
+
+    return factory
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on loopback, dropped afterwards; yields its URL."""
+    import psycopg
+
+    name = f"hw_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    try:
+        yield f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The store tests run against both backends the product supports."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    request.applymarker(pytest.mark.services)
+    yield request.getfixturevalue("pg_database")
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real ``headwater`` command in a subprocess (true exit codes)."""
+    return subprocess.run([sys.executable, "-m", "headwater.cli.main", *args], cwd=cwd,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
