@@ -109,7 +109,9 @@ class ProjectRuntime:
         if self._store is None:
             from headwater.store.store import Store
 
-            self._store = Store(self.config.store, self.root)
+            from headwater.config.secrets import resolve
+
+            self._store = Store(resolve(self.config.store, self.root), self.root)
         return self._store
 
     @property

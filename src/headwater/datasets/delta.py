@@ -65,12 +65,15 @@ class CountingReader:
     first: pa.RecordBatch | None = None
     rows: int = 0
     bytes: int = 0
+    error: BaseException | None = None
+    """What the *source* raised while being pulled (a bad CSV row, say), kept so the
+    caller reports the real cause instead of delta-rs's wrapper around it."""
 
     @classmethod
     def peek(cls, source: pa.RecordBatchReader) -> CountingReader:
         """Read ahead to the first non-empty batch so an empty input is known up front."""
         reader = cls(source)
-        for batch in source:
+        for batch in source:  # a source error here propagates as it is
             if batch.num_rows:
                 reader.first = batch
                 break
@@ -83,9 +86,13 @@ class CountingReader:
     def _batches(self) -> Iterator[pa.RecordBatch]:
         if self.first is not None:
             yield self._count(self.first)
-        for batch in self.source:
-            if batch.num_rows:
-                yield self._count(batch)
+        try:
+            for batch in self.source:
+                if batch.num_rows:
+                    yield self._count(batch)
+        except Exception as exc:
+            self.error = exc
+            raise
 
     def _count(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         self.rows += batch.num_rows

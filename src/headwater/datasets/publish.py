@@ -180,6 +180,31 @@ def publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchR
         return PublishResult(dataset, None, 0, 0, skipped="no rows to publish")
     store.ensure_dataset(dataset, uri, facts.pipeline, facts.key)
     previous_rows = total_rows(table) if table is not None else 0
+    try:
+        dv, added, removed, metrics = _commit(uri, counting, table, facts, app,
+                                              partition_by, evolve, storage_options,
+                                              previous_rows)
+    except PublishError:
+        if counting.error is not None:
+            raise counting.error from None  # the source failed, not Delta
+        raise
+    table = delta.open_table(uri, storage_options=storage_options)
+    table.load_as_version(dv)
+    stats = drift = None
+    if stats_fn is not None:
+        stats, drift = stats_fn(table, dv)
+    notes = {"merge": metrics} if metrics else None
+    record = _record(store, dataset, dv, facts.metadata(), table, rows_added=added,
+                     rows_removed=removed, stats=stats, drift=drift, notes=notes)
+    return PublishResult(dataset, delta.version_of(dv), added, removed, bytes=counting.bytes,
+                         record=record)
+
+
+def _commit(uri: str, counting: delta.CountingReader, table: Any, facts: VersionFacts,
+            app: str, partition_by: Sequence[str], evolve: bool,
+            storage_options: Mapping[str, str] | None,
+            previous_rows: int) -> tuple[int, int, int, dict[str, Any]]:
+    """One Delta commit; returns (delta version, rows added, rows removed, metrics)."""
     metrics: dict[str, Any] = {}
     if facts.mode == "merge" and table is not None:
         dv, metrics = delta.merge(uri, counting.reader(), key=facts.key, app=app,
@@ -196,13 +221,4 @@ def publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchR
         removed = previous_rows if facts.mode == "overwrite" else 0
     else:  # pragma: no cover - the config model forbids it
         raise PublishError(f"unknown publish mode {facts.mode!r}")
-    table = delta.open_table(uri, storage_options=storage_options)
-    table.load_as_version(dv)
-    stats = drift = None
-    if stats_fn is not None:
-        stats, drift = stats_fn(table, dv)
-    notes = {"merge": metrics} if metrics else None
-    record = _record(store, dataset, dv, facts.metadata(), table, rows_added=added,
-                     rows_removed=removed, stats=stats, drift=drift, notes=notes)
-    return PublishResult(dataset, delta.version_of(dv), added, removed, bytes=counting.bytes,
-                         record=record)
+    return dv, added, removed, metrics

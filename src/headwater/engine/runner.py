@@ -272,10 +272,12 @@ class RunEngine:
                 template_vars=template_vars, db=db, sink=self._log,
                 cancel_event=self.cancel_event)
 
-        return executor.submit(lambda: self._run_step(step, make_ctx, attempt))
+        lazy = [(u, self.state.outputs[u]) for u in dag.upstream(sid)
+                if u in self.state.outputs and self.state.outputs[u].info.get("lazy")]
+        return executor.submit(lambda: self._run_step(step, make_ctx, attempt, lazy))
 
     def _run_step(self, step: StepBase, make_ctx: Callable[[int], RunContext],
-                  attempt: _Attempt) -> StepOutput:
+                  attempt: _Attempt, lazy: list[tuple[str, StepOutput]]) -> StepOutput:
         kind = step_kind(step)
         total = step.retries.count + 1
         for number in range(1, total + 1):
@@ -289,7 +291,8 @@ class RunEngine:
                 output = step_function(kind)(ctx, step)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded, then raised
                 seconds = time.perf_counter() - started
-                message = _describe(step, kind, exc, ctx)
+                message = _blame_lazy_source(exc, lazy, self.project) or \
+                    _describe(step, kind, exc, ctx)
                 self.store.finish_step(attempt_id, "failed", seconds=seconds, error=message)
                 self._emit("step_finished", step_id=step.id, status="failed", error=message,
                            seconds=seconds)
@@ -359,6 +362,37 @@ def _describe(step: StepBase, kind: str, exc: BaseException, ctx: RunContext) ->
         if where:
             what += f" {where}"
     return REDACTOR(f"step '{step.id}' ({what}) failed: {cause}")
+
+
+def _blame_lazy_source(exc: BaseException, lazy: list[tuple[str, StepOutput]],
+                       project: ProjectRuntime) -> str | None:
+    """A read error raised while a consumer pulled a lazily scanned file source.
+
+    Sources stream straight into their consumer, so a malformed row surfaces in, say, the
+    publish step; the message must still name the source step, the file and the line.
+    """
+    if isinstance(exc, HeadwaterError) or not lazy:
+        return None
+    text = str(exc)
+    markers = ("CSV Error", "Invalid Input Error", "Conversion Error", "Malformed JSON",
+               "Invalid unicode", "Could not convert", "parquet")
+    if not any(marker.lower() in text.lower() for marker in markers):
+        return None
+    from headwater.connectors.files import FileInfo, translate_error
+
+    sid, output = lazy[-1]
+    files = [FileInfo(f["path"], int(f["size"]), str(f["etag"]))
+             for source in output.sources for f in source.get("files", [])]
+    for candidate_sid, candidate in lazy:
+        paths = [f["path"] for s in candidate.sources for f in s.get("files", [])]
+        if any(path in text for path in paths):
+            sid, files = candidate_sid, [FileInfo(f["path"], int(f["size"]), str(f["etag"]))
+                                         for s in candidate.sources
+                                         for f in s.get("files", [])]
+    translated = translate_error(exc if isinstance(exc, Exception) else Exception(text),
+                                 files, sid, root=project.root)
+    where = next((s.get("path") for s in output.sources if s.get("path")), "")
+    return REDACTOR(f"step '{sid}' (source files {where}) failed: {translated.message}")
 
 
 def _code_version(project: ProjectRuntime, pf: Any) -> str:

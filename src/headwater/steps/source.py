@@ -63,7 +63,7 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
         relation = fileconn.scan_sql(new, source, root=root)
         _bind(con, relation, new, ctx.step_id)
         return StepOutput(relation=relation, sources=[fingerprint], state=state,
-                          info={"files": len(new)})
+                          info={"files": len(new), "lazy": True})
     return _scan_with_rejects(ctx, source, new, fingerprint, state)
 
 
