@@ -135,6 +135,7 @@ class RunEngine:
         self.project.import_path()
         try:
             template_vars = self._template_vars(pf.config.params)
+            self._repair_datasets(dag)
             reuse = self._reused_outputs(dag)
             self._run_dag(dag, db, executor, workdir, code, template_vars, reuse)
             self._commit_leftovers(dag, db, workdir, code, template_vars)
@@ -172,6 +173,21 @@ class RunEngine:
             "trigger": {"kind": run["trigger"], **info},
             "window": window,
         }
+
+    def _repair_datasets(self, dag: Plan) -> None:
+        """Record commits a crash left unrecorded *before* sources read incremental state,
+        so files whose rows were committed are never ingested twice."""
+        from headwater.config.models import PublishStep
+        from headwater.datasets.publish import reconcile
+        from headwater.steps.publish import rejected_dataset
+
+        names = {s.publish.dataset for s in dag.steps.values() if isinstance(s, PublishStep)}
+        names.add(rejected_dataset(self.run["pipeline"]))
+        for name in sorted(names):
+            recovered = reconcile(self.store, name, self.project.dataset_uri(name))
+            if recovered:
+                self._log(None, "warning", f"recovered {recovered} unrecorded version(s) of "
+                          f"{name} from its Delta log", {})
 
     def _reused_outputs(self, dag: Plan) -> dict[str, StepOutput]:
         """Outputs taken from an earlier run (rerun --from-failed, run --from-step)."""
