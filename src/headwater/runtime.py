@@ -139,6 +139,14 @@ class ProjectRuntime:
         resolved: dict[str, Any] = resolve_deep(raw, self.root)
         return resolved
 
+    def auth_tokens(self) -> dict[str, str]:
+        """API token → role, secrets resolved (never log the result)."""
+        from headwater.config.secrets import resolve
+
+        if self.config.auth is None:
+            return {}
+        return {resolve(t.token, self.root): t.role for t in self.config.auth.tokens}
+
     @property
     def runs_dir(self) -> Path:
         return self.root / ".headwater" / "runs"

@@ -293,6 +293,129 @@ def lineage(target: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")],
     show_lineage(_project(project), name, int(version) if version else None, json_)
 
 
+# --------------------------------------------------------------------------- server
+
+
+@app.command()
+@handled
+def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port of the UI and API.")] = 8765,
+          worker: Annotated[str | None, typer.Option(help="This server's name in the store "
+                                                          "(default host:pid).")] = None,
+          project: ProjectOpt = None) -> None:
+    """Run triggers, the run queue, the runner and the API until stopped (SIGTERM)."""
+    import logging
+
+    from headwater.server.service import ServerOptions
+    from headwater.server.service import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    options = ServerOptions(host=host, port=port)
+    if worker:
+        options.worker = worker
+    sys.stderr.write(f"headwater serving on http://{host}:{port} (API at /api, "
+                     f"metrics at /metrics); Ctrl-C to stop\n")
+    run_server(project, options)
+
+
+triggers_app = typer.Typer(help="List triggers, or enable/disable one.",
+                           invoke_without_command=True)
+app.add_typer(triggers_app, name="triggers")
+
+
+@triggers_app.callback()
+@handled
+def triggers(ctx: typer.Context, project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Every trigger with its state, last and next fire time."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from headwater.triggers.registry import trigger_table
+
+    rows = trigger_table(_project(project).runtime)
+    if json_:
+        print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("trigger", "kind", "enabled", "last fired", "next", "error")
+    for r in rows:
+        table.add_row(r["id"], r["kind"], "yes" if r["enabled"] else "[yellow]no[/yellow]",
+                      (r["last_fired_at"] or "")[:19], (r["next_fire_at"] or "")[:19],
+                      f"[red]{r['error']}[/red]" if r["error"] else "")
+    Console().print(table)
+
+
+def _toggle(target: str, enabled: bool, project: Path | None) -> None:
+    from headwater.store.queue import save_trigger_state
+
+    proj = _project(project)
+    name, _, index = target.partition(".")
+    pf = proj.runtime.pipeline(name)
+    indexes = [int(index)] if index else list(range(len(pf.config.triggers)))
+    for i in indexes:
+        if not 0 <= i < len(pf.config.triggers):
+            _fail(f"pipeline {name!r} has no trigger {i} (it has "
+                  f"{len(pf.config.triggers)})", 2)
+        save_trigger_state(proj.runtime.store, name, i, pf.config.triggers[i].kind,
+                           enabled=enabled)
+        sys.stdout.write(f"{name}.{i} {'enabled' if enabled else 'disabled'}\n")
+
+
+@triggers_app.command("disable")
+@handled
+def triggers_disable(target: Annotated[str, typer.Argument(help="PIPELINE[.INDEX]")],
+                     project: ProjectOpt = None) -> None:
+    """Stop a trigger (or all of a pipeline's) from firing."""
+    _toggle(target, False, project)
+
+
+@triggers_app.command("enable")
+@handled
+def triggers_enable(target: Annotated[str, typer.Argument(help="PIPELINE[.INDEX]")],
+                    project: ProjectOpt = None) -> None:
+    """Let a disabled trigger fire again."""
+    _toggle(target, True, project)
+
+
+@app.command()
+@handled
+def backfill(pipeline: str,
+             start: Annotated[str, typer.Option("--start", help="ISO time, e.g. 2026-11-01")],
+             end: Annotated[str, typer.Option("--end", help="ISO time (exclusive)")],
+             concurrency: Annotated[int, typer.Option(help="Windows run at once.")] = 1,
+             queue_only: Annotated[bool, typer.Option("--queue-only", help="Only queue the "
+                                                      "runs for a server.")] = False,
+             project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Run each window of the pipeline's schedule in a range once (skipping done ones)."""
+    from datetime import UTC, datetime
+
+    from headwater.server.backfill import backfill as do_backfill
+
+    def parse(text: str) -> datetime:
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            _fail(f"not an ISO time: {text!r}", 2)
+            raise
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    proj = _project(project)
+    result = do_backfill(proj.runtime, pipeline, parse(start), parse(end),
+                         concurrency=concurrency, execute=not queue_only)
+    if json_:
+        print_json(result)
+    else:
+        sys.stdout.write(f"{pipeline}: {result['windows']} windows, {result['skipped']} "
+                         f"already done, {len(result['queued'])} queued\n")
+        for run_id, status in result["statuses"].items():
+            sys.stdout.write(f"  {run_id} {status}\n")
+    if any(s != "succeeded" for s in result["statuses"].values()):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

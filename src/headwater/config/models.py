@@ -81,6 +81,17 @@ class LineageConfig(Model):
     openlineage: OpenLineageConfig | None = None
 
 
+class ApiToken(Model):
+    token: str
+    role: Literal["viewer", "operator"] = "viewer"
+
+
+class AuthConfig(Model):
+    """API/UI tokens; required to serve on any host but loopback (SPEC §7)."""
+
+    tokens: list[ApiToken] = Field(default_factory=list)
+
+
 class ProjectConfig(Model):
     """``headwater.yaml``."""
 
@@ -92,6 +103,7 @@ class ProjectConfig(Model):
     lineage: LineageConfig | None = None
     connections: dict[str, dict[str, Any]] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
+    auth: AuthConfig | None = None
 
     @field_validator("connections")
     @classmethod

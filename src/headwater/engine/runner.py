@@ -37,6 +37,8 @@ Observer = Callable[[str, Mapping[str, Any]], None]
 """Receives ``(event, fields)``: run_started, step_started, step_finished, log, run_finished."""
 
 _NO_RETRY = (ConfigError, ValidationError, TerminalSourceError)
+HEARTBEAT_SECONDS = 5.0
+"""How often a running run proves it is alive; a server's lease is several beats."""
 
 
 @dataclass
@@ -93,7 +95,7 @@ class RunEngine:
         self.worker = worker
         self.cancel_event = threading.Event()
         self.state = _RunState()
-        self._lock = threading.Lock()
+        self._stopped = threading.Event()
 
     # ------------------------------------------------------------------ events
 
@@ -133,6 +135,8 @@ class RunEngine:
         db = duckdb.connect(config={"temp_directory": str(workdir / "tmp")})
         executor = make_executor(self.project.config.executor)
         self.project.import_path()
+        beat = threading.Thread(target=self._heartbeat, name="hw-heartbeat", daemon=True)
+        beat.start()
         try:
             template_vars = self._template_vars(pf.config.params)
             self._repair_datasets(dag)
@@ -142,6 +146,7 @@ class RunEngine:
         except HeadwaterError as exc:
             self.state.failure = self.state.failure or StepFailure("", REDACTOR(exc.message))
         finally:
+            self._stopped.set()
             executor.shutdown(wait=self.state.failure is None)
             db.close()
         if self.state.failure is not None:
@@ -151,6 +156,16 @@ class RunEngine:
             self._finish("succeeded", None, None)
             shutil.rmtree(workdir / "tmp", ignore_errors=True)
         return self.store.run(self.run_id)
+
+    def _heartbeat(self) -> None:
+        """Tell other servers this run is alive (they take over runs whose beat stops)."""
+        from headwater.store.queue import heartbeat
+
+        while not self._stopped.wait(HEARTBEAT_SECONDS):
+            try:
+                heartbeat(self.store, [self.run_id])
+            except HeadwaterError:
+                pass  # a store hiccup: the next beat will do; the lease is generous
 
     def _finish(self, status: str, error: str | None, step: str | None) -> None:
         self.store.finish_run(self.run_id, status, error, step)

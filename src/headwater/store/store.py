@@ -329,12 +329,22 @@ class Store:
 
     def add_version(self, values: Mapping[str, Any],
                     state: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> None:
-        """Record a dataset version and, in the same transaction, advance source state."""
-        with self.tx() as conn:
-            conn.execute(insert(t.dataset_versions).values(created_at=utcnow(), **values))
+        """Record a dataset version and, in the same transaction, advance source state.
+
+        Recording is idempotent: if a concurrent repair (``reconcile``) recorded the same
+        Delta commit first, only the state is applied.
+        """
+        try:
+            with self.tx() as conn:
+                conn.execute(insert(t.dataset_versions).values(created_at=utcnow(), **values))
+                if state:
+                    self._put_state(conn, values.get("pipeline") or "", state,
+                                    values.get("run_id"))
+        except IntegrityError:
+            if not self.has_delta_version(values["dataset"], values["delta_version"]):
+                raise
             if state:
-                self._put_state(conn, values.get("pipeline") or "", state,
-                                values.get("run_id"))
+                self.put_state(values.get("pipeline") or "", state, values.get("run_id"))
 
     def has_delta_version(self, dataset: str, delta_version: int) -> bool:
         with self.engine.connect() as conn:

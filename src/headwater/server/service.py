@@ -1,0 +1,318 @@
+"""``headwater serve``: triggers, the run queue, the runner and the API in one asyncio process.
+
+Data flows one way: an armed trigger emits a :class:`~headwater.triggers.base.Fire`; the
+fire and its queued run are one store transaction (deduplicated across servers); the
+dispatcher claims queued runs up to the concurrency limits and executes each in a worker
+thread through the same engine ``headwater run`` uses. The loop reacts to events (a fire
+wakes the dispatcher at once) and polls the shared queue only as a cheap fallback for runs
+queued by other processes. SIGTERM stops triggers, stops claiming, lets running runs
+finish until a deadline, and queues the rest again so the next start resumes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from headwater.engine.runner import execute_run
+from headwater.exceptions import HeadwaterError
+from headwater.runtime import ProjectRuntime
+from headwater.server import metrics
+from headwater.store import queue
+from headwater.triggers.base import Fire, TriggerStatus
+from headwater.triggers.registry import ArmedTrigger, arm_all
+
+log = logging.getLogger("headwater.server")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    lease_seconds: float = 30.0
+    poll_seconds: float = 0.25
+    shutdown_grace: float = 30.0
+    triggers: bool = True
+    api: bool = True
+
+
+class Server:
+    """One serve process. Create, then ``asyncio.run(server.serve())``."""
+
+    def __init__(self, runtime: ProjectRuntime, options: ServerOptions | None = None) -> None:
+        self.runtime = runtime
+        self.options = options or ServerOptions()
+        self.store = runtime.store
+        self.worker = self.options.worker
+        self.limit = runtime.config.max_concurrent_runs
+        self.pool = ThreadPoolExecutor(max_workers=self.limit, thread_name_prefix="hw-run")
+        self.running: dict[str, str] = {}
+        """run id → pipeline, for runs executing in this process."""
+        self.triggers: list[ArmedTrigger] = []
+        self.stopping = asyncio.Event()
+        self._wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._events: dict[str, datetime] = {}
+        """run id → when the event that queued it happened (event → start latency)."""
+        self._disabled: set[tuple[str, int]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = datetime.now(UTC)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve(self) -> None:
+        self._wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        resumed = await asyncio.to_thread(self._recover)
+        if resumed:
+            log.warning("queued %d interrupted run(s) again: %s", len(resumed),
+                        ", ".join(resumed))
+        if self.options.triggers:
+            self.triggers = arm_all(self)
+            for armed in self.triggers:
+                self._tasks.append(asyncio.create_task(armed.run(self.emit),
+                                                       name=f"trigger {armed.name}"))
+        self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatcher"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        api = None
+        if self.options.api:
+            api = await self._start_api()
+        log.info("serving %s as %s (%d triggers)", self.runtime.root, self.worker,
+                 len(self.triggers))
+        await self.stopping.wait()
+        await self._shutdown(api)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (SIGTERM/SIGINT land here)."""
+        if not self.stopping.is_set():
+            log.info("shutting down: no new runs; waiting for %d running", len(self.running))
+            self.stopping.set()
+
+    async def _shutdown(self, api: Any) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        deadline = asyncio.get_running_loop().time() + self.options.shutdown_grace
+        while self.running and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        if self.running:
+            left = list(self.running)
+            await asyncio.to_thread(self._requeue_own, left)
+            log.warning("queued %d unfinished run(s) again for the next start", len(left))
+        if api is not None:
+            api.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(api.task, timeout=5)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _recover(self) -> list[str]:
+        """Runs a crashed server left ``running``: resume them (their lease has expired)."""
+        return queue.requeue_orphans(self.store, self.options.lease_seconds,
+                                     worker=self.worker)
+
+    def _requeue_own(self, run_ids: list[str]) -> None:
+        from sqlalchemy import update
+
+        from headwater.store import schema as t
+
+        for run_id in run_ids:
+            with self.store.tx() as conn:
+                conn.execute(update(t.runs).where(t.runs.c.id == run_id).values(
+                    heartbeat_at=datetime(1970, 1, 1, tzinfo=UTC)))
+        queue.requeue_orphans(self.store, 0.0)
+
+    async def _start_api(self) -> Any:
+        import uvicorn
+
+        from headwater.server.app import create_app
+
+        host = self.options.host
+        if host not in LOOPBACK and not self.runtime.auth_tokens():
+            raise HeadwaterError(
+                f"refusing to serve on {host} without auth: add 'auth: {{tokens: ...}}' to "
+                "headwater.yaml, or serve on 127.0.0.1")
+        config = uvicorn.Config(create_app(self), host=host, port=self.options.port,
+                                log_level="warning", lifespan="off", access_log=False)
+        api = uvicorn.Server(config)
+        api.task = asyncio.create_task(api._serve())  # type: ignore[attr-defined]
+        while not api.started:
+            if api.task.done():  # type: ignore[attr-defined]
+                api.task.result()  # type: ignore[attr-defined]
+                raise HeadwaterError(f"could not listen on {host}:{self.options.port}")
+            await asyncio.sleep(0.02)
+        return api
+
+    # ------------------------------------------------------------------ fires
+
+    async def emit(self, fire: Fire) -> None:
+        """A trigger's event: record it and queue its run (once across all servers)."""
+        if not self.trigger_enabled(fire.pipeline, fire.trigger_index):
+            return
+        run_id = await asyncio.to_thread(
+            queue.fire, self.store, pipeline=fire.pipeline, trigger_index=fire.trigger_index,
+            kind=fire.kind, dedupe_key=fire.dedupe_key, info=fire.info,
+            event_at=fire.event_at, window=fire.window)
+        if run_id is None:
+            return
+        metrics.TRIGGER_FIRES.labels(fire.pipeline, fire.kind).inc()
+        self.remember_event(run_id, fire.event_at)
+        self.wake()
+
+    def queue_run(self, pipeline: str, *, kind: str, info: dict[str, Any],
+                  params: dict[str, Any] | None = None, dedupe_key: str | None = None,
+                  window: tuple[datetime, datetime] | None = None) -> str | None:
+        """Queue from a thread (webhook, API) and wake the dispatcher."""
+        now = datetime.now(UTC)
+        run_id = queue.fire(self.store, pipeline=pipeline, trigger_index=None, kind=kind,
+                            dedupe_key=dedupe_key, info=info, event_at=now, params=params,
+                            window=window)
+        if run_id is not None:
+            metrics.TRIGGER_FIRES.labels(pipeline, kind).inc()
+            self.remember_event(run_id, now)
+            self.wake_threadsafe()
+        return run_id
+
+    def remember_event(self, run_id: str, at: datetime) -> None:
+        self._events[run_id] = at
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def wake_threadsafe(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.wake)
+
+    def trigger_enabled(self, pipeline: str, index: int) -> bool:
+        return (pipeline, index) not in self._disabled
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _dispatch(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        while not self.stopping.is_set():
+            started = await self._claim_some()
+            if started:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.options.poll_seconds)
+
+    async def _claim_some(self) -> bool:
+        if len(self.running) >= self.limit:
+            return False
+        saturated = self._saturated()
+        try:
+            run_id = await asyncio.to_thread(queue.claim, self.store, self.worker,
+                                             exclude_pipelines=saturated)
+        except HeadwaterError as exc:
+            log.error("cannot claim runs: %s", exc.message)
+            await asyncio.sleep(1.0)
+            return False
+        if run_id is None:
+            return False
+        row = await asyncio.to_thread(self.store.run, run_id)
+        self.running[run_id] = row["pipeline"]
+        event_at = self._events.pop(run_id, None) or row["created_at"]
+        if event_at is not None:
+            metrics.EVENT_TO_START.observe(
+                max(0.0, (datetime.now(UTC) - event_at).total_seconds()))
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.pool, self._execute, run_id)
+        future.add_done_callback(lambda _f, rid=run_id: self._done(rid))
+        return True
+
+    def _saturated(self) -> list[str]:
+        """Pipelines at their run limit: counted store-wide, so several servers agree."""
+        counts = queue.running_counts(self.store)
+        out = []
+        for name, count in counts.items():
+            try:
+                limit = self.runtime.pipeline(name).config.max_concurrent_runs
+            except HeadwaterError:
+                continue
+            if limit is None and _incremental(self.runtime, name):
+                limit = 1  # two runs would read the same new files: serialise them
+            if limit is not None and count >= limit:
+                out.append(name)
+        return out
+
+    def _execute(self, run_id: str) -> None:
+        try:
+            row = execute_run(self.runtime, run_id, worker=self.worker)
+            metrics.RUNS.labels(row["pipeline"], row["status"]).inc()
+            for version in self.store.versions_by_run(run_id):
+                metrics.ROWS_PUBLISHED.labels(version["dataset"]).inc(version["rows_added"])
+        except Exception:  # noqa: BLE001 - a run must never take the server down
+            log.exception("run %s crashed the runner", run_id)
+            with contextlib.suppress(Exception):
+                self.store.finish_run(run_id, "failed", "internal error in the runner; "
+                                      "see the server log")
+
+    def _done(self, run_id: str) -> None:
+        self.running.pop(run_id, None)
+        self.wake()
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def _housekeeping(self) -> None:
+        """Every few seconds: take over runs of dead servers, sync trigger switches."""
+        while not self.stopping.is_set():
+            try:
+                await asyncio.to_thread(self._housekeep_once)
+            except HeadwaterError as exc:
+                log.error("housekeeping: %s", exc.message)
+            await asyncio.sleep(2.0)
+
+    def _housekeep_once(self) -> None:
+        taken = queue.requeue_orphans(self.store, self.options.lease_seconds)
+        if taken:
+            log.warning("took over %d run(s) whose server stopped: %s", len(taken),
+                        ", ".join(taken))
+            self.wake_threadsafe()
+        states = queue.trigger_states(self.store)
+        self._disabled = {k for k, v in states.items() if not v["enabled"]}
+        metrics.QUEUE_DEPTH.set(queue.queued_count(self.store))
+        for armed in self.triggers:
+            status: TriggerStatus = armed.trigger.status
+            queue.save_trigger_state(
+                self.store, armed.pipeline, armed.index, armed.kind,
+                last_fired_at=status.last_fired_at, next_fire_at=status.next_fire_at,
+                error=status.error, error_at=status.error_at, **armed.cursor())
+            if status.error:
+                metrics.TRIGGER_ERRORS.labels(armed.pipeline, armed.kind).set(1)
+            else:
+                metrics.TRIGGER_ERRORS.labels(armed.pipeline, armed.kind).set(0)
+
+
+def _incremental(runtime: ProjectRuntime, pipeline: str) -> bool:
+    for step in runtime.pipeline(pipeline).config.steps:
+        source = getattr(step, "source", None)
+        if source is not None and getattr(source, "incremental", None):
+            return True
+    return False
+
+
+def serve(project: str | Path | None, options: ServerOptions) -> None:
+    """Run a server until SIGTERM/SIGINT (the ``serve`` command)."""
+    runtime = ProjectRuntime.load(project)
+    server = Server(runtime, options)
+    asyncio.run(server.serve())

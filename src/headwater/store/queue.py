@@ -1,0 +1,184 @@
+"""The run queue and trigger bookkeeping, safe with several servers on one store.
+
+A fire and the run it queues are one transaction keyed by a unique ``dedupe_key``, so a
+tick, a file batch or a message queues one run however many servers saw it. A queued run
+is claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite serialises writers, so a
+conditional update is enough there). Running runs carry a heartbeat; a run whose
+heartbeat is older than the lease belongs to a dead server and is queued again, resuming
+from its succeeded steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from headwater.store import schema as t
+from headwater.store.store import Store, new_run_id, utcnow
+
+
+def fire(store: Store, *, pipeline: str, trigger_index: int | None, kind: str,
+         dedupe_key: str | None, info: Mapping[str, Any], event_at: datetime | None,
+         params: Mapping[str, Any] | None = None, code_version: str | None = None,
+         window: tuple[datetime, datetime] | None = None) -> str | None:
+    """Record a fire and queue its run atomically; None if this event already fired."""
+    run_id = new_run_id()
+    now = utcnow()
+    for _ in range(20):
+        try:
+            with store.tx() as conn:
+                if dedupe_key is not None:
+                    seen = conn.execute(select(t.trigger_fires.c.id).where(
+                        t.trigger_fires.c.dedupe_key == dedupe_key)).first()
+                    if seen is not None:
+                        return None
+                seq = conn.execute(select(func.coalesce(func.max(t.runs.c.seq), 0))).scalar()
+                conn.execute(insert(t.runs).values(
+                    id=run_id, seq=int(seq or 0) + 1, pipeline=pipeline, status="queued",
+                    trigger=kind, trigger_info=dict(info), params=dict(params or {}),
+                    code_version=code_version, created_at=now, cancel_requested=False,
+                    window_start=window[0] if window else None,
+                    window_end=window[1] if window else None))
+                conn.execute(insert(t.trigger_fires).values(
+                    pipeline=pipeline, trigger_index=trigger_index, kind=kind,
+                    dedupe_key=dedupe_key, fired_at=now, event_at=event_at,
+                    info=_small(info), run_id=run_id))
+            return run_id
+        except IntegrityError as exc:
+            if dedupe_key is not None and "dedupe" in str(exc).lower():
+                return None
+            if dedupe_key is not None and _fired(store, dedupe_key):
+                return None
+            continue  # a concurrent insert took our seq: try the next one
+    return None
+
+
+def _fired(store: Store, dedupe_key: str) -> bool:
+    with store.engine.connect() as conn:
+        return conn.execute(select(t.trigger_fires.c.id).where(
+            t.trigger_fires.c.dedupe_key == dedupe_key)).first() is not None
+
+
+def _small(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep fire records bounded: a burst of 10,000 files is summarised, not copied."""
+    out = dict(info)
+    for key in ("files", "messages"):
+        value = out.get(key)
+        if isinstance(value, list) and len(value) > 50:
+            out[key] = [*value[:50], f"... {len(value) - 50} more"]
+    return out
+
+
+def claim(store: Store, worker: str, *, exclude_pipelines: Sequence[str] = ()) -> str | None:
+    """Take the oldest queued run (not of a saturated pipeline) for ``worker``."""
+    now = utcnow()
+    query = select(t.runs.c.id).where(t.runs.c.status == "queued")
+    if exclude_pipelines:
+        query = query.where(t.runs.c.pipeline.not_in(list(exclude_pipelines)))
+    query = query.order_by(t.runs.c.seq).limit(1)
+    if not store.is_sqlite:
+        query = query.with_for_update(skip_locked=True)
+    with store.tx() as conn:
+        run_id = conn.execute(query).scalar()
+        if run_id is None:
+            return None
+        result = conn.execute(update(t.runs).where(and_(
+            t.runs.c.id == run_id, t.runs.c.status == "queued")).values(
+            status="running", worker=worker, started_at=now, heartbeat_at=now))
+        return str(run_id) if result.rowcount == 1 else None
+
+
+def running_counts(store: Store) -> dict[str, int]:
+    """pipeline → runs running now, across every server."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(t.runs.c.pipeline, func.count()).where(
+            t.runs.c.status == "running").group_by(t.runs.c.pipeline)).all()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def queued_count(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(t.runs).where(
+            t.runs.c.status == "queued")).scalar() or 0)
+
+
+def heartbeat(store: Store, run_ids: Sequence[str]) -> None:
+    if not run_ids:
+        return
+    with store.tx() as conn:
+        conn.execute(update(t.runs).where(t.runs.c.id.in_(list(run_ids))).values(
+            heartbeat_at=utcnow()))
+
+
+def requeue_orphans(store: Store, lease_seconds: float, *,
+                    worker: str | None = None) -> list[str]:
+    """Queue again every running run whose heartbeat expired (its server died).
+
+    With ``worker`` given, that worker's own running runs are requeued regardless of age
+    (the server restarted under the same name). The run resumes: steps that succeeded are
+    reused, and its publish is idempotent per run, so nothing is written twice.
+    """
+    cutoff = utcnow() - timedelta(seconds=lease_seconds)
+    cond = and_(t.runs.c.status == "running", t.runs.c.heartbeat_at < cutoff)
+    if worker is not None:
+        cond = cond | and_(t.runs.c.status == "running", t.runs.c.worker == worker)
+    with store.tx() as conn:
+        rows = conn.execute(select(t.runs.c.id).where(cond)).all()
+        ids = [str(r[0]) for r in rows]
+        for run_id in ids:
+            steps = conn.execute(select(t.step_runs.c.step_id).where(and_(
+                t.step_runs.c.run_id == run_id,
+                t.step_runs.c.status.in_(["succeeded", "reused"])))).all()
+            conn.execute(update(t.runs).where(and_(t.runs.c.id == run_id,
+                                                   t.runs.c.status == "running")).values(
+                status="queued", worker=None, parent_run_id=run_id,
+                reuse_steps=sorted({str(s[0]) for s in steps}),
+                error="resumed after its server stopped"))
+            conn.execute(update(t.step_runs).where(and_(
+                t.step_runs.c.run_id == run_id, t.step_runs.c.status == "running")).values(
+                status="failed", error="interrupted: its server stopped",
+                finished_at=utcnow()))
+    return ids
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+def trigger_states(store: Store) -> dict[tuple[str, int], dict[str, Any]]:
+    rows = store._read(select(t.trigger_state))
+    return {(r["pipeline"], int(r["trigger_index"])): r for r in rows}
+
+
+def save_trigger_state(store: Store, pipeline: str, index: int, kind: str,
+                       **values: Any) -> None:
+    now = utcnow()
+    with store.tx() as conn:
+        key = and_(t.trigger_state.c.pipeline == pipeline,
+                   t.trigger_state.c.trigger_index == index)
+        found = conn.execute(select(t.trigger_state.c.kind).where(key)).first()
+        if found is None:
+            conn.execute(insert(t.trigger_state).values(
+                pipeline=pipeline, trigger_index=index, kind=kind,
+                enabled=values.pop("enabled", True), updated_at=now, **values))
+        else:
+            conn.execute(update(t.trigger_state).where(key).values(kind=kind, updated_at=now,
+                                                                   **values))
+
+
+def last_fires(store: Store, pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    query = select(t.trigger_fires).order_by(t.trigger_fires.c.id.desc()).limit(limit)
+    if pipeline:
+        query = query.where(t.trigger_fires.c.pipeline == pipeline)
+    return store._read(query)
+
+
+def versions_since(store: Store, after: datetime) -> list[dict[str, Any]]:
+    """Dataset versions recorded after ``after`` (the dataset trigger's cheap poll)."""
+    return store._read(select(t.dataset_versions.c.dataset, t.dataset_versions.c.version,
+                              t.dataset_versions.c.created_at)
+                       .where(t.dataset_versions.c.created_at > after)
+                       .order_by(t.dataset_versions.c.created_at))
