@@ -384,7 +384,7 @@ def triggers_enable(target: Annotated[str, typer.Argument(help="PIPELINE[.INDEX]
 @handled
 def backfill(pipeline: str,
              start: Annotated[str, typer.Option("--start", help="ISO time, e.g. 2026-11-01")],
-             end: Annotated[str, typer.Option("--end", help="ISO time (exclusive)")],
+             end: Annotated[str, typer.Option("--end", help="ISO time; windows ending by then")],
              concurrency: Annotated[int, typer.Option(help="Windows run at once.")] = 1,
              queue_only: Annotated[bool, typer.Option("--queue-only", help="Only queue the "
                                                       "runs for a server.")] = False,

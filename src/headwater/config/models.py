@@ -344,10 +344,10 @@ class ScheduleConfig(Model):
 class FilesTriggerConfig(Model):
     path: str
     pattern: str = "*"
-    settle: Duration = 1.0
+    settle: Duration = 0.5
     connection: str | None = None
     marker: str | None = None
-    batch_window: Duration = 0.2
+    batch_window: Duration = 0.1
     interval: Duration = 30.0
 
 

@@ -10,6 +10,7 @@ to the run folder), never through Python lists.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -37,7 +38,7 @@ Observer = Callable[[str, Mapping[str, Any]], None]
 """Receives ``(event, fields)``: run_started, step_started, step_finished, log, run_finished."""
 
 _NO_RETRY = (ConfigError, ValidationError, TerminalSourceError)
-HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_SECONDS = float(os.environ.get("HEADWATER_HEARTBEAT_SECONDS", "5"))
 """How often a running run proves it is alive; a server's lease is several beats."""
 
 

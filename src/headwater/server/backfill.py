@@ -29,7 +29,7 @@ def _schedule_of(runtime: ProjectRuntime, pipeline: str) -> Any:
 
 def plan_windows(runtime: ProjectRuntime, pipeline: str, start: datetime,
                  end: datetime) -> tuple[list[tuple[datetime, datetime]], int]:
-    """Windows in [start, end) not yet succeeded, and how many were skipped."""
+    """Windows lying wholly inside [start, end] not yet succeeded, and how many were skipped."""
     from headwater.triggers.schedule import windows_between
 
     windows = [(w[0], w[1]) for w in windows_between(_schedule_of(runtime, pipeline), start,

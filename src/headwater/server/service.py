@@ -41,9 +41,12 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 8765
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    lease_seconds: float = 30.0
+    lease_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("HEADWATER_LEASE_SECONDS", "30")))
+    """A running run whose heartbeat is older than this belongs to a dead server."""
     poll_seconds: float = 0.25
-    shutdown_grace: float = 30.0
+    shutdown_grace: float = field(
+        default_factory=lambda: float(os.environ.get("HEADWATER_SHUTDOWN_GRACE", "30")))
     triggers: bool = True
     api: bool = True
 
@@ -316,3 +319,8 @@ def serve(project: str | Path | None, options: ServerOptions) -> None:
     runtime = ProjectRuntime.load(project)
     server = Server(runtime, options)
     asyncio.run(server.serve())
+    if server.running:
+        # Runs past the grace period were queued again; their threads must not finish
+        # them now (the next server resumes them), so leave without joining threads.
+        logging.shutdown()
+        os._exit(0)
