@@ -205,7 +205,8 @@ def test_rerun_from_failed_reuses_succeeded_steps(make_project: ProjectFactory) 
         first_t = project.runtime.store.succeeded_outputs(failed.id)["first"]
         pipeline = (root / "pipelines/p.yaml").read_text()
         (root / "pipelines/p.yaml").write_text(
-            pipeline.replace("1 / 0 AS broken FROM first WHERE nonexistent", "2 AS fixed FROM first"))
+            pipeline.replace("1 / 0 AS broken FROM first WHERE nonexistent",
+                             "2 AS fixed FROM first"))
         project.runtime._pipelines = None
         rerun = project.rerun(failed.id, from_failed=True)
         assert rerun.ok, rerun.error

@@ -88,9 +88,9 @@ def _references(runtime: ProjectRuntime, pf: PipelineFile,
                     or importlib.util.find_spec(module.split(".")[0]) is not None):
                 out.append(_problem(pf, (*loc, "python"),
                                     f"module {module!r} not found in {runtime.root}"))
-        if isinstance(step, SqlStep) and step.sql.strip().endswith(".sql"):
-            if not (runtime.root / step.sql.strip()).is_file():
-                out.append(_problem(pf, (*loc, "sql"), f"SQL file {step.sql.strip()} not found"))
+        if isinstance(step, SqlStep) and step.sql.strip().endswith(".sql") and \
+                not (runtime.root / step.sql.strip()).is_file():
+            out.append(_problem(pf, (*loc, "sql"), f"SQL file {step.sql.strip()} not found"))
     return out
 
 

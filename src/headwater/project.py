@@ -6,6 +6,7 @@ drift apart. Nothing here formats output for a terminal.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -102,10 +103,8 @@ def coerce_params(declared: Mapping[str, Any], given: Mapping[str, Any],
                 f"pipeline {pipeline!r} has no param {key!r}"
                 + (f"; did you mean {hint[0]!r}?" if hint else f" (declared: {known})"))
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(yaml.YAMLError):
                 value = yaml.safe_load(value) if value.strip() else value
-            except yaml.YAMLError:
-                pass
         out[key] = value
     return out
 

@@ -107,9 +107,8 @@ class ProjectRuntime:
     @property
     def store(self) -> Store:
         if self._store is None:
-            from headwater.store.store import Store
-
             from headwater.config.secrets import resolve
+            from headwater.store.store import Store
 
             self._store = Store(resolve(self.config.store, self.root), self.root)
         return self._store

@@ -181,9 +181,9 @@ def _clean_loc(loc: tuple[str | int, ...], data: Any) -> Loc:
     current = data
     for position, part in enumerate(loc):
         last = position == len(loc) - 1
-        if isinstance(current, dict) and isinstance(part, str) and part not in current:
-            if not last:
-                continue
+        if isinstance(current, dict) and isinstance(part, str) and part not in current \
+                and not last:
+            continue
         out.append(part)
         if isinstance(current, dict):
             current = current.get(part)
@@ -198,9 +198,8 @@ def load_project_config(root: Path) -> ProjectConfig:
     """Parse ``headwater.yaml`` in ``root``."""
     path = root / PROJECT_FILE
     if not path.is_file():
-        raise _error(
-            PROJECT_FILE, None, "", f"not found in {root} (run 'headwater init' to create a project)"
-        )
+        raise _error(PROJECT_FILE, None, "",
+                     f"not found in {root} (run 'headwater init' to create a project)")
     data, lines = read_yaml(path, PROJECT_FILE)
     if not isinstance(data, dict):
         raise _error(PROJECT_FILE, 1, "", "must be a mapping of settings (name, store, ...)")

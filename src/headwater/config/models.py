@@ -1,4 +1,4 @@
-"""The typed shape of ``headwater.yaml`` and ``pipelines/*.yaml`` (SPEC §2–3).
+"""The typed shape of ``headwater.yaml`` and ``pipelines/*.yaml`` (SPEC §2-3).
 
 Every model is frozen and forbids unknown keys, so a typo is an error with a suggestion
 rather than a silently ignored setting. Values that may hold ``${env:...}`` references stay

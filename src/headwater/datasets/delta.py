@@ -120,8 +120,8 @@ def write(uri: str, data: pa.RecordBatchReader, *, mode: str, app: str,
     from deltalake import write_deltalake
 
     try:
-        write_deltalake(
-            uri, data, mode=mode,  # type: ignore[arg-type]
+        write_deltalake(  # type: ignore[call-overload]
+            uri, data, mode=mode,
             partition_by=list(partition_by) or None,
             schema_mode=("merge" if evolve and mode == "append" else
                          "overwrite" if evolve and mode == "overwrite" else None),

@@ -119,9 +119,11 @@ def total_rows(table: Any) -> int:
     try:
         actions = table.get_add_actions(flatten=True)
         column = actions.column("num_records")
-        return int(pa.compute.sum(column).as_py() or 0)
+        total: Any = pa.compute.sum(column).as_py()
+        return int(total or 0)
     except Exception:  # noqa: BLE001 - fall back to reading the row count from the files
-        return delta.read_arrow(table, columns=[]).num_rows
+        rows: int = delta.read_arrow(table, columns=[]).num_rows
+        return rows
 
 
 def _record(store: Store, dataset: str, dv: int, meta: Mapping[str, Any], table: Any, *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -63,20 +64,14 @@ class RunContext:
         """Stop the step: DuckDB queries are interrupted, registered callbacks run."""
         self.interrupted = reason
         if self._cursor is not None:
-            try:
+            with contextlib.suppress(Exception):  # best effort: the cursor may be closed
                 self._cursor.interrupt()
-            except Exception:  # noqa: BLE001 - best effort: the cursor may be closed
-                pass
         for callback in self._on_interrupt:
-            try:
+            with contextlib.suppress(Exception):  # one failing callback must not stop others
                 callback()
-            except Exception:  # noqa: BLE001
-                pass
 
     def close(self) -> None:
         if self._cursor is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._cursor.close()
-            except Exception:  # noqa: BLE001
-                pass
             self._cursor = None

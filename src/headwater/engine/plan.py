@@ -86,7 +86,7 @@ def _render_for_planning(sql: str, params: Mapping[str, Any]) -> str:
     try:
         return _PLANNING_ENV.from_string(sql).render(params=params, run={}, trigger={},
                                                     window={})
-    except Exception:
+    except Exception:  # noqa: BLE001 - a template that fails here fails at run time
         return sql
 
 
@@ -159,14 +159,15 @@ def plan(pf: PipelineFile, root: Path) -> Plan:
     problems = _Problems(pf)
     steps: dict[str, StepBase] = {}
     index_of: dict[str, int] = {}
-    for index, step in enumerate(config.steps):
-        if step.id in steps:
-            problems.add(index, "id", f"step id {step.id!r} is used twice")
+    for index, declared in enumerate(config.steps):
+        if declared.id in steps:
+            problems.add(index, "id", f"step id {declared.id!r} is used twice")
             continue
-        steps[step.id] = step
-        index_of[step.id] = index
+        steps[declared.id] = declared
+        index_of[declared.id] = index
     deps: dict[str, tuple[str, ...]] = {}
-    for sid, step in steps.items():
+    for sid, current in steps.items():
+        step = current
         index = index_of[sid]
         found: list[str] = []
         for name in _named_inputs(step):

@@ -9,6 +9,7 @@ to the run folder), never through Python lists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -163,10 +164,8 @@ class RunEngine:
         from headwater.store.queue import heartbeat
 
         while not self._stopped.wait(HEARTBEAT_SECONDS):
-            try:
+            with contextlib.suppress(HeadwaterError):  # a hiccup: the next beat will do
                 heartbeat(self.store, [self.run_id])
-            except HeadwaterError:
-                pass  # a store hiccup: the next beat will do; the lease is generous
 
     def _finish(self, status: str, error: str | None, step: str | None) -> None:
         self.store.finish_run(self.run_id, status, error, step)
@@ -321,7 +320,7 @@ class RunEngine:
             started = time.perf_counter()
             try:
                 output = step_function(kind)(ctx, step)
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded, then raised
+            except Exception as exc:  # every failure is recorded, then raised
                 seconds = time.perf_counter() - started
                 message = _blame_lazy_source(exc, lazy, self.project) or \
                     _describe(step, kind, exc, ctx)

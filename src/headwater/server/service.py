@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -240,7 +241,7 @@ class Server:
                 max(0.0, (datetime.now(UTC) - event_at).total_seconds()))
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.pool, self._execute, run_id)
-        future.add_done_callback(lambda _f, rid=run_id: self._done(rid))
+        future.add_done_callback(functools.partial(self._on_done, run_id))
         return True
 
     def _saturated(self) -> list[str]:
@@ -264,11 +265,14 @@ class Server:
             metrics.RUNS.labels(row["pipeline"], row["status"]).inc()
             for version in self.store.versions_by_run(run_id):
                 metrics.ROWS_PUBLISHED.labels(version["dataset"]).inc(version["rows_added"])
-        except Exception:  # noqa: BLE001 - a run must never take the server down
+        except Exception:  # a run must never take the server down
             log.exception("run %s crashed the runner", run_id)
             with contextlib.suppress(Exception):
                 self.store.finish_run(run_id, "failed", "internal error in the runner; "
                                       "see the server log")
+
+    def _on_done(self, run_id: str, _future: object) -> None:
+        self._done(run_id)
 
     def _done(self, run_id: str) -> None:
         self.running.pop(run_id, None)

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import duckdb
 
-    from headwater.config.models import StepBase
     from headwater.runtime import ProjectRuntime
 
 REJECTED_COLUMNS = ("_run_id", "_step", "_source", "_error", "_row")
@@ -123,7 +122,7 @@ def register(kind: str) -> Callable[[StepFunction], StepFunction]:
 
 
 def step_function(kind: str) -> StepFunction:
-    from headwater import steps as _steps  # noqa: F401  (imports every kind module)
+    from headwater import steps as _steps
 
     _steps.load_all()
     try:

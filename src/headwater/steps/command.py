@@ -7,6 +7,7 @@ of output; a timeout or cancel kills the whole process group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -47,7 +48,5 @@ def run_command(ctx: StepContext, step: CommandStep) -> StepOutput:
 
 def _kill(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

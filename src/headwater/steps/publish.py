@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pyarrow as pa
 
 from headwater.config.models import PublishConfig, PublishStep
@@ -22,7 +23,7 @@ from headwater.datasets.publish import (
     publish_reader,
     quote,
 )
-from headwater.exceptions import PublishError, StepError
+from headwater.exceptions import HeadwaterError, PublishError, StepError
 from headwater.steps.base import REJECTED_COLUMNS, StepContext, StepOutput, register
 from headwater.steps.spill import sql_string
 
@@ -95,9 +96,7 @@ def _compatible(existing: pa.DataType, incoming: pa.DataType) -> bool:
     if pa.types.is_string(existing) and (pa.types.is_string(incoming)
                                          or pa.types.is_large_string(incoming)):
         return True
-    if pa.types.is_timestamp(existing) and pa.types.is_timestamp(incoming):
-        return True
-    return False
+    return bool(pa.types.is_timestamp(existing) and pa.types.is_timestamp(incoming))
 
 
 def _aligned(con: Any, query: str, uri: str) -> str:
@@ -169,7 +168,7 @@ def _stats_fn(ctx: StepContext, config: PublishConfig, previous: dict[str, Any] 
 def _previous_stats(ctx: StepContext, dataset: str) -> dict[str, Any] | None:
     try:
         record = ctx.project.store.version(dataset)
-    except Exception:  # noqa: BLE001 - no version yet
+    except HeadwaterError:  # no version yet
         return None
     stats = record.get("stats")
     return stats if isinstance(stats, dict) else None
@@ -190,7 +189,7 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
             query = _aligned(con, query, uri)
     except PublishError:
         raise
-    except Exception as exc:
+    except duckdb.Error as exc:
         raise StepError(str(exc).strip().splitlines()[0]) from None
     lineage = ctx.lineage
     committed_rejected = publish_rejected(ctx.project, _run_row(ctx), ctx.code_version,

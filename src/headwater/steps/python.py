@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,27 @@ from headwater.steps.base import StepContext, StepOutput, register
 from headwater.steps.spill import sql_string
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 def _forget_foreign(module_name: str, root: Path) -> None:
-    """Drop cached project modules that came from another project folder (or are stale)."""
+    """Drop cached modules of this name so the project's current file is imported.
+
+    A server hosts one project for days while its modules are edited, and tests open many
+    projects with the same module names in one process.
+    """
     parts = module_name.split(".")
     for end in range(len(parts), 0, -1):
         name = ".".join(parts[:end])
         module = sys.modules.get(name)
-        origin = getattr(module, "__file__", None) if module is not None else None
-        if module is not None and (origin is None or Path(origin).is_relative_to(root)
-                                   or not Path(origin).exists()):
-            del sys.modules[name]
-        elif module is not None and origin and root.parent in Path(origin).parents:
-            del sys.modules[name]
+        origin = getattr(module, "__file__", None)
+        if module is None or origin is None:
+            continue
+        path = Path(origin)
+        rel = Path(*name.split("."))
+        ours = (root / rel.with_suffix(".py")).exists() or (root / rel / "__init__.py").exists()
+        if path.is_relative_to(root) or ours or not path.exists():
+            sys.modules.pop(name, None)
 
 
 def load_function(ref: str, root: Path) -> Callable[..., Any]:
@@ -46,10 +56,11 @@ def load_function(ref: str, root: Path) -> Callable[..., Any]:
     """
     module_name, _, func_name = ref.partition(":")
     root_hint = f" (looked in {root})"
-    _forget_foreign(module_name, root)
-    importlib.invalidate_caches()
     try:
-        module = importlib.import_module(module_name)
+        with _IMPORT_LOCK:  # parallel steps must not drop modules under each other
+            _forget_foreign(module_name, root)
+            importlib.invalidate_caches()
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ConfigError(f"python: cannot import {module_name!r} ({exc.msg}){root_hint}",
                           problems=[]) from None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import duckdb
+
 from headwater.config.models import DatasetSource, FilesSource, SourceStep
 from headwater.connectors import files as fileconn
 from headwater.datasets import delta
@@ -56,12 +58,12 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
     if source.incremental:
         ctx.log(f"{len(new)} new of {len(matched)} matching files", files=len(new))
     if not new:
-        relation = f"SELECT * FROM ({fileconn.scan_sql(matched, source, root=root)}) LIMIT 0"
-        _bind(con, relation, matched, ctx.step_id)
+        relation = f"SELECT * FROM ({fileconn.scan_sql(matched, source, root=root, con=con)}) LIMIT 0"
+        _bind(con, relation, matched, ctx.step_id, root)
         return StepOutput(relation=relation, rows=0, sources=[fingerprint], state=state)
     if source.bad_rows == "fail":
-        relation = fileconn.scan_sql(new, source, root=root)
-        _bind(con, relation, new, ctx.step_id)
+        relation = fileconn.scan_sql(new, source, root=root, con=con)
+        _bind(con, relation, new, ctx.step_id, root)
         return StepOutput(relation=relation, sources=[fingerprint], state=state,
                           info={"files": len(new), "lazy": True})
     return _scan_with_rejects(ctx, source, new, fingerprint, state)
@@ -72,11 +74,12 @@ def _scan_with_rejects(ctx: StepContext, source: FilesSource, files: list[Any],
     out = ctx.workdir / f"{ctx.step_id}.parquet"
     try:
         result = fileconn.materialize(ctx.cursor(), files, source, out, run_id=ctx.run_id,
-                                      step_id=ctx.step_id)
+                                      step_id=ctx.step_id, root=ctx.project.root)
     except HeadwaterError:
         raise
-    except Exception as exc:
-        raise fileconn.translate_error(exc, files, ctx.step_id) from None
+    except duckdb.Error as exc:
+        raise fileconn.translate_error(exc, files, ctx.step_id,
+                                       root=ctx.project.root) from None
     rejected: list[str] = []
     if result.skipped:
         verb = "quarantined" if source.bad_rows == "quarantine" else "skipped"
@@ -101,14 +104,15 @@ def _unseen(ctx: StepContext, matched: list[Any]) -> list[Any]:
     return [f for f in matched if seen.get(f.path) != f.fingerprint()]
 
 
-def _bind(con: Any, relation: str, files: list[Any], step_id: str) -> None:
+def _bind(con: Any, relation: str, files: list[Any], step_id: str,
+          root: Any = None) -> None:
     """Plan the scan now, so sniffing/encoding/type-hint errors fail this step."""
     try:
         con.sql(relation).columns  # noqa: B018
     except HeadwaterError:
         raise
-    except Exception as exc:
-        raise fileconn.translate_error(exc, files, step_id) from None
+    except duckdb.Error as exc:
+        raise fileconn.translate_error(exc, files, step_id, root=root) from None
 
 
 def _dataset(ctx: StepContext, source: DatasetSource) -> StepOutput:

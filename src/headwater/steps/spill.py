@@ -6,6 +6,8 @@ from being recomputed by several consumers. DuckDB's COPY streams, so memory sta
 
 from __future__ import annotations
 
+import duckdb
+
 from headwater.exceptions import StepError
 from headwater.steps.base import StepContext, StepOutput
 
@@ -21,7 +23,7 @@ def spill(ctx: StepContext, query: str, name: str | None = None) -> StepOutput:
         con.execute(f"COPY ({query}) TO {sql_string(str(path))} (FORMAT parquet)")
         rows = con.execute(
             f"SELECT count(*) FROM read_parquet({sql_string(str(path))})").fetchall()[0][0]
-    except Exception as exc:
+    except duckdb.Error as exc:
         text = str(exc).strip().splitlines()
         raise StepError(text[0] if text else type(exc).__name__) from None
     return StepOutput(relation=f"SELECT * FROM read_parquet({sql_string(str(path))})",

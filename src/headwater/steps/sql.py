@@ -8,6 +8,8 @@ Binding happens here, so a wrong column fails this step, not the one reading it.
 
 from __future__ import annotations
 
+import duckdb
+
 from headwater.config.models import SqlStep
 from headwater.engine.plan import sql_text
 from headwater.exceptions import StepError
@@ -29,7 +31,7 @@ def run_sql(ctx: StepContext, step: SqlStep) -> StepOutput:
         relation.columns  # noqa: B018 - binds the query now, so errors name this step
     except StepError:
         raise
-    except Exception as exc:  # duckdb.Error and friends
+    except duckdb.Error as exc:
         raise StepError(_duckdb_message(exc)) from None
     if step.materialize:
         return spill(ctx, query)

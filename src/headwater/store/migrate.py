@@ -24,7 +24,7 @@ def current_revision(engine: Engine) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def alembic_config(engine: Engine) -> "object":
+def alembic_config(engine: Engine) -> object:
     from alembic.config import Config
 
     config = Config()

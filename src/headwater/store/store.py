@@ -128,7 +128,7 @@ class Store:
 
     def _read(self, stmt: Any) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            return [_row(r._mapping) or {} for r in conn.execute(stmt)]
+            return [_row(dict(r._mapping)) or {} for r in conn.execute(stmt)]
 
     # ----------------------------------------------------------------------- runs
 
@@ -416,5 +416,5 @@ def _redact(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - never let redaction itself leak or crash
         return "<store url>"
