@@ -180,7 +180,6 @@ def publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchR
     counting = delta.CountingReader.peek(reader)
     if counting.empty and facts.mode != "overwrite":
         return PublishResult(dataset, None, 0, 0, skipped="no rows to publish")
-    store.ensure_dataset(dataset, uri, facts.pipeline, facts.key)
     previous_rows = total_rows(table) if table is not None else 0
     try:
         dv, added, removed, metrics = _commit(uri, counting, table, facts, app,
@@ -190,6 +189,7 @@ def publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchR
         if counting.error is not None:
             raise counting.error from None  # the source failed, not Delta
         raise
+    store.ensure_dataset(dataset, uri, facts.pipeline, facts.key)  # only once it has a version
     table = delta.open_table(uri, storage_options=storage_options)
     table.load_as_version(dv)
     stats = drift = None
