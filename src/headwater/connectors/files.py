@@ -523,10 +523,16 @@ def _csv_user_options(spec: FilesSource, path: str) -> list[tuple[str, str]]:
 def _sniff_csv(con: duckdb.DuckDBPyConnection, info: FileInfo, spec: FilesSource) -> _CsvShape:
     user = _csv_user_options(spec, info.path)
     rendered = "".join(f", {k}={v}" for k, v in user)
-    row = con.execute(
-        "SELECT Delimiter, Quote, Escape, NewLineDelimiter, Comment, Columns, DateFormat, "
-        f"TimestampFormat FROM sniff_csv({sql_string(info.path)}{rendered}, "
-        "ignore_errors=true)").fetchall()[0]
+    query = ("SELECT Delimiter, Quote, Escape, NewLineDelimiter, Comment, Columns, DateFormat, "
+             f"TimestampFormat FROM sniff_csv({sql_string(info.path)}{rendered}, "
+             "ignore_errors=true{extra})")
+    try:
+        row = con.execute(query.format(extra="")).fetchall()[0]
+    except duckdb.InvalidInputException:
+        # DuckDB's sniffer gives up when a small file's sample holds a short row (it
+        # samples the whole file); the lenient dialect search still finds the layout, and
+        # the scan itself stays strict, so the bad row is still caught on its own line.
+        row = con.execute(query.format(extra=", strict_mode=false")).fetchall()[0]
     delim, quote, escape, newline, comment, columns, date_format, ts_format = row
     options = [o for o in user if o[0] not in ("delim", "quote", "escape")]
     options += _quoting(spec, delim, _unempty(quote), _unempty(escape))

@@ -99,11 +99,11 @@ COUNTRIES = ["DE", "FR", "US", "GB", "de", " fr"]
 
 
 def write_orders(path: Path, start_id: int, rows: int, seed: int, bad: bool = True) -> None:
-    """One CSV of orders; with ``bad``, three malformed rows among them."""
+    """One CSV of orders; with ``bad``, two unparsable rows and two that break the contract."""
     rng = random.Random(seed)
     base = datetime(2026, 1, 1)
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["order_id", "customer_id", "country", "amount", "ordered_at",
                          "shipped_at"])
         for i in range(rows):
@@ -118,8 +118,9 @@ def write_orders(path: Path, start_id: int, rows: int, seed: int, bad: bool = Tr
         with path.open("a", encoding="utf-8") as handle:
             handle.write(f"{start_id + rows},c00001,DE,not-a-number,2026-02-01 10:00:00,\n")
             handle.write(f"{start_id + rows + 1},c00002,FR,12.50\n")
-            handle.write(f"{start_id + rows + 2},c00003,US,-5.00,2026-02-03 10:00:00,"
+            handle.write(f"{start_id + rows + 2},c00003,US,25.00,2026-02-03 10:00:00,"
                          f"2026-02-01 09:00:00\n")
+            handle.write(f"{start_id + rows + 3},c00004,XX,30.00,2026-02-04 10:00:00,\n")
 
 
 def scaffold(directory: Path, force: bool = False) -> Path:
