@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from headwater.datasets import delta
 from headwater.datasets.publish import reconcile
+from headwater.datasets.split import SPLITS
 from headwater.exceptions import HeadwaterError, NotFoundError
 
 if TYPE_CHECKING:
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     import polars
 
     from headwater.runtime import ProjectRuntime
-
-SPLITS = ("train", "validation", "test")
 
 
 class Dataset:

@@ -84,26 +84,34 @@ def fraction_expression(config: SplitConfig) -> str:
     return f"(CAST('0x' || left({digest}, {_BITS // 4}) AS BIGINT) / {float(2**_BITS)!r})"
 
 
-def split_expression(config: SplitConfig) -> str:
-    """A DuckDB SQL expression giving ``'train'``, ``'validation'`` or ``'test'`` per row.
-
-    A split with ratio 0 is never produced; the last split with a positive ratio takes the
-    remainder, so rounding in the ratios cannot leak a row into an empty split.
-    """
+def _case(config: SplitConfig, fraction: str) -> str:
+    """The CASE turning a key's ``fraction`` (SQL) into its split name."""
     check_ratios(config)
-    fraction = fraction_expression(config)
     ratios = dict(zip(SPLITS, (config.train, config.validation, config.test), strict=True))
     used = [name for name in SPLITS if ratios[name] > 0]
     whens, cut = [f"WHEN {_all_null(split_columns(config))} THEN 'train'"], 0.0
     for name in used[:-1]:
         cut += ratios[name]
         whens.append(f"WHEN {fraction} < {cut!r} THEN '{name}'")
-    # The fraction is written once per WHEN; DuckDB computes the shared MD5 only once.
     return f"(CASE {' '.join(whens)} ELSE '{used[-1]}' END)"
+
+
+def split_expression(config: SplitConfig) -> str:
+    """A DuckDB SQL expression giving ``'train'``, ``'validation'`` or ``'test'`` per row.
+
+    A split with ratio 0 is never produced; the last split with a positive ratio takes the
+    remainder, so rounding in the ratios cannot leak a row into an empty split. The hash is
+    written once per split boundary; :func:`add_split` computes it only once per row.
+    """
+    return _case(config, fraction_expression(config))
 
 
 def add_split(relation: str, config: SplitConfig) -> str:
     """SQL for ``relation`` with a ``_split`` column (replacing one already there)."""
-    expression = split_expression(config)
-    keep = f"COLUMNS(lambda c: c <> '{SPLIT_COLUMN}')"
-    return f"SELECT {keep}, {expression} AS {SPLIT_COLUMN} FROM {_subquery(relation)} AS __hw_s"
+    case = _case(config, "__hw_fraction")
+    keep = f"COLUMNS(lambda c: c NOT IN ('{SPLIT_COLUMN}', '__hw_fraction'))"
+    inner = (
+        f"SELECT *, {fraction_expression(config)} AS __hw_fraction "
+        f"FROM {_subquery(relation)} AS __hw_s"
+    )
+    return f"SELECT {keep}, {case} AS {SPLIT_COLUMN} FROM ({inner}) AS __hw_f"

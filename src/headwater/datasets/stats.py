@@ -1,4 +1,4 @@
-"""Column statistics of a relation, in two DuckDB aggregate passes, as a JSON document.
+"""Column statistics of a relation, from three DuckDB aggregate passes, as a JSON document.
 
 The document (``column_stats``) is what a dataset version records (SPEC §6), what the UI
 shows and what drift (``drift.py``) compares::
@@ -10,8 +10,7 @@ shows and what drift (``drift.py``) compares::
                   "mean": 41.2, "std": 12.9,
                   "quantiles": {"p01": ..., "p05": ..., "p25": ..., "p50": ..., "p75": ...,
                                 "p95": ..., "p99": ...},
-                  "histogram": {"edges": [11 floats], "counts": [10 ints]},
-                  "bins": {"edges": [<= 9 floats], "counts": [len(edges) + 1 ints]},
+                  "histogram": {"edges": [0.5, 9.8, ..., 99.0], "counts": [99, 99, ...]},
                   "reference": {"edges": [...], "counts": [...]}},        # see below
        "country": {"type": "VARCHAR", "kind": "categorical", ...,
                    "top": [{"value": "DE", "count": 700}, ...], "top_complete": true,
@@ -20,23 +19,32 @@ shows and what drift (``drift.py``) compares::
 * ``count`` is the number of non-NULL values (as in pandas); ``rows`` counts every row.
 * ``kind`` is ``numeric`` (integers, floats, decimals), ``categorical`` (text, booleans,
   enums, UUIDs), ``temporal`` (dates, times, timestamps: min and max only) or ``other``.
-* Float columns are summarised over their finite values; NaN and infinities count as
-  values in ``count`` but are left out of min, max, mean, quantiles and histograms.
-* ``histogram`` has 10 equal-width bins from min to max, for display.
-* ``bins`` are the column's deciles, the baseline the *next* version's drift is measured
-  against: the bins are ``(-inf, e1], (e1, e2], ..., (ek, +inf)``, so they stay valid
-  however far the data moves. Decile edges (rather than equal-width) make each baseline bin
-  hold about a tenth of the rows, which is what makes PSI meaningful.
-* ``top`` holds the 20 most frequent values with exact counts; ``top_complete`` says they
-  are every distinct value, which lets drift tell new categories apart from rare ones.
-* ``reference`` is only present when ``column_stats`` is given the previous version's
-  document: it holds this data's exact counts in the previous version's ``bins`` (numeric)
-  or of the previous version's ``top`` values (categorical). Drift is then exact; without
-  it, ``drift.py`` falls back to an interpolated estimate.
+* Float columns are summarised over their finite values; NaN and infinities count in
+  ``count`` but are left out of min, max, mean, quantiles and the histogram.
+* The ``histogram`` is cut at the column's deciles (up to 10 bins; fewer when deciles
+  coincide): ``edges`` is ``[min, d1, ..., dk, max]`` and bin *i* holds the values in
+  ``(edges[i], edges[i+1]]``, the first bin everything up to ``d1``. Decile bins, rather than
+  equal-width ones, each hold about a tenth of the rows whatever the shape of the data,
+  which is what PSI needs; the next version is binned against the same inner edges with
+  open outer bins, so the bins stay valid however far the data moves.
+* ``top`` holds the (up to) 20 most frequent values with exact counts; ``top_complete``
+  says they are every distinct value, which lets drift tell new categories from rare ones.
+  A column with up to 1,000 distinct values (estimated) is counted in full; a longer one
+  (IDs, free text) takes its candidates from the sample and counts those exactly, so no
+  hash table of every distinct value is ever built. A value frequent enough to matter is
+  in the sample; among near-unique values the "top" ones are any few with their counts.
+* ``reference`` is present only when ``column_stats`` is given the previous version's
+  document: it holds this data's exact counts in the previous version's histogram bins
+  (numeric) or of the previous version's top values (categorical). Drift is then exact;
+  without it ``drift.py`` falls back to an estimate interpolated from the two histograms.
 
-Quantiles and ``distinct`` are approximate (t-digest, HyperLogLog): exact ones would sort
-every column. Pass one computes the aggregates, pass two the bin counts (it needs the
-edges pass one found). Values are JSON-native: dates and timestamps as ISO strings.
+Pass one computes the aggregates; pass two, over a sample, the quantiles and a long
+column's candidate top values; pass three the bin and value counts (it needs what the first
+two found). All three are single aggregate queries over the relation, so memory stays
+bounded whatever its size. ``distinct`` is a HyperLogLog estimate. Quantiles are exact up
+to 100,000 values and otherwise come from a seeded (repeatable) Bernoulli sample of about
+100,000 rows, off by about 0.1 percentile points: exact ones would sort every column.
+Values are JSON-native: dates and timestamps as ISO strings, decimals as floats, NaN as null.
 This module must never import the engine, the server or the CLI.
 """
 
@@ -47,8 +55,9 @@ import decimal
 import math
 import re
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import duckdb
@@ -56,13 +65,34 @@ import duckdb
 from headwater.exceptions import StepError
 
 TOP_K = 20
-HISTOGRAM_BINS = 10
-QUANTILES = {"p01": 0.01, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95,
-             "p99": 0.99}
+QUANTILES = {
+    "p01": 0.01,
+    "p05": 0.05,
+    "p25": 0.25,
+    "p50": 0.5,
+    "p75": 0.75,
+    "p95": 0.95,
+    "p99": 0.99,
+}
 DECILES = tuple(round(i / 10, 1) for i in range(1, 10))
+FULL_COUNT_LIMIT = 1000
+"""Up to this many distinct values (estimated) a categorical column is counted in full."""
+SAMPLE_ROWS = 100_000
+"""Quantiles are computed on a sample of about this many rows."""
+SAMPLE_SEED = 42
 
-_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
-             "UINTEGER", "UBIGINT", "UHUGEINT"}
+_INTEGERS = {
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "UHUGEINT",
+}
 _FLOATS = {"FLOAT", "DOUBLE"}
 _CATEGORICAL = {"VARCHAR", "BOOLEAN", "UUID"}
 _TEMPORAL_PREFIXES = ("DATE", "TIME", "TIMESTAMP")
@@ -134,9 +164,14 @@ class _Col:
 
     @property
     def x(self) -> str:
-        """The column as DOUBLE, finite values only: what numeric summaries see."""
+        """The column as finite DOUBLEs, computed once in the scan: what numerics see."""
+        return f"__hw_x{self.index}"
+
+    def x_sql(self) -> str:
         as_double = f"CAST({self.ref} AS DOUBLE)"
-        return f"CASE WHEN isfinite({as_double}) THEN {as_double} END"
+        if self.type in _FLOATS:
+            return f"CASE WHEN isfinite({as_double}) THEN {as_double} END AS {self.x}"
+        return f"{as_double} AS {self.x}"
 
     def alias(self, what: str) -> str:
         return f"c{self.index}_{what}"
@@ -150,70 +185,160 @@ def _first_pass(col: _Col) -> list[str]:
     value = col.x if col.type in _FLOATS else col.ref
     parts += [f"min({value}) AS {a('min')}", f"max({value}) AS {a('max')}"]
     if col.kind == "numeric":
-        probabilities = ", ".join(repr(p) for p in (*QUANTILES.values(), *DECILES))
         parts += [
             f"count({col.x}) AS {a('nx')}",
-            f"min({col.x}) AS {a('lo')}",
-            f"max({col.x}) AS {a('hi')}",
             f"avg({col.x}) AS {a('mean')}",
             f"stddev_samp({col.x}) AS {a('std')}",
-            f"approx_quantile({col.x}, [{probabilities}]) AS {a('q')}",
         ]
-    if col.kind == "categorical":
-        parts.append(f"approx_top_k({col.ref}, {TOP_K}) AS {a('top')}")
     return parts
 
 
 # --------------------------------------------------------------------------- pass two
 
 
-def _equal_width(lo: float | None, hi: float | None) -> list[float]:
-    """11 edges from lo to hi (2 when every value is the same, none when there are none)."""
-    if lo is None or hi is None:
-        return []
-    if lo == hi:
-        return [lo, hi]
-    width = (hi - lo) / HISTOGRAM_BINS
-    return [lo + width * i for i in range(HISTOGRAM_BINS)] + [hi]
+@dataclass
+class _Numeric:
+    """What pass three counts for one numeric column: values at or below each edge."""
+
+    total: int
+    edges: list[float]
+    reference: list[float] | None
+    """The previous version's histogram edges, when there is one."""
 
 
-def _decile_edges(quantiles: Sequence[float] | None) -> list[float]:
-    if not quantiles:
-        return []
-    return sorted({float(q) for q in quantiles[len(QUANTILES):]})
+@dataclass
+class _Categorical:
+    """What pass three counts for one categorical column."""
+
+    full: bool
+    """Short column: every value is counted (a small map)."""
+    reference: list[Any] | None
+    """The previous version's top values, when there is one."""
+    candidates: list[Any] = field(default_factory=list)
+    """Long column: the likely top values, found in the sample, counted exactly."""
+
+    def texts(self) -> list[str]:
+        values = [*self.candidates, *(self.reference or [])]
+        return sorted({as_text(v) for v in values})
 
 
-def _bucket_sql(col: _Col, boundaries: list[float], alias: str) -> str:
-    """Counts of ``x <= b`` per boundary ``b`` (the overflow is count minus their sum)."""
-    edges = ", ".join(repr(float(b)) for b in boundaries)
-    return f"histogram({col.x}, [{edges}]::DOUBLE[]) AS {col.alias(alias)}"
+def _sampled(col: _Col, first: Mapping[str, Any]) -> list[str]:
+    """Pass-two aggregates of one column over the sample (none for most kinds)."""
+    if col.kind == "numeric" and first[col.alias("nx")]:
+        probabilities = ", ".join(repr(p) for p in (*QUANTILES.values(), *DECILES))
+        return [f"quantile_cont({col.x}, [{probabilities}]) AS {col.alias('q')}"]
+    if col.kind == "categorical" and _is_long(col, first):
+        return [f"approx_top_k({col.ref}, {TOP_K}) AS {col.alias('candidates')}"]
+    return []
 
 
-def _buckets(found: Mapping[float, int] | None, boundaries: list[float], total: int) -> list[int]:
-    """Per-bin counts: one per boundary, then the overflow bin above the last one."""
-    counts = [int((found or {}).get(float(b), 0)) for b in boundaries]
-    return [*counts, total - sum(counts)]
+def _is_long(col: _Col, first: Mapping[str, Any]) -> bool:
+    return int(first.get(col.alias("distinct")) or 0) > FULL_COUNT_LIMIT
 
 
-def _values_sql(col: _Col, texts: list[str]) -> str:
-    """Exact counts of the given values (in text form) of a categorical column."""
-    as_text = f"CAST({col.ref} AS VARCHAR)"
-    listed = ", ".join(_text(t) for t in texts)
+def _sample(source: str, smallest: int) -> str:
+    """``source``, or a repeatable Bernoulli sample holding about SAMPLE_ROWS values of
+    the sparsest sampled column."""
+    if smallest <= SAMPLE_ROWS:
+        return source
+    percent = 100.0 * SAMPLE_ROWS / smallest
     return (
-        f"histogram({as_text}) FILTER (WHERE {as_text} IN ({listed})) AS {col.alias('counts')}"
+        f"(SELECT * FROM {source} USING SAMPLE {percent!r} PERCENT "
+        f"(bernoulli, {SAMPLE_SEED})) AS __hw_sample"
     )
 
 
+def _sample_pass(
+    con: duckdb.DuckDBPyConnection, cols: list[_Col], first: dict[str, Any], source: str
+) -> None:
+    """Pass two: quantiles and top-value candidates from a sample, added to ``first``."""
+    parts = [p for c in cols for p in _sampled(c, first)]
+    if not parts:
+        return
+    sampled = [c for c in cols if _sampled(c, first)]
+    smallest = min(int(first[c.alias("nx" if c.kind == "numeric" else "n")]) for c in sampled)
+    first.update(_run(con, parts, _sample(source, smallest)))
+
+
+def _edges(first: Mapping[str, Any], col: _Col) -> list[float]:
+    """Histogram edges: ``[min, *distinct deciles, max]`` (see the module docstring)."""
+    lo, hi = float(first[col.alias("min")]), float(first[col.alias("max")])
+    quantiles = first.get(col.alias("q")) or []
+    deciles = [q for q in quantiles[len(QUANTILES) :] if q is not None]
+    return [lo, *sorted({float(d) for d in deciles}), hi]
+
+
+# --------------------------------------------------------------------------- pass three
+
+
+def _at_most_sql(col: _Col, edges: list[float], what: str) -> list[str]:
+    """``count_if(x <= e)`` per inner edge: cumulative counts, the cheapest way to bin."""
+    inner = edges[1:-1]
+    return [f"count_if({col.x} <= {e!r}) AS {col.alias(f'{what}{i}')}" for i, e in enumerate(inner)]
+
+
+def _bins(
+    counted: Mapping[str, Any], col: _Col, edges: list[float], what: str, total: int
+) -> list[int]:
+    """Per-bin counts from the cumulative ones; the last bin takes everything above."""
+    cumulative = [int(counted[col.alias(f"{what}{i}")]) for i in range(len(edges) - 2)]
+    return [b - a for a, b in pairwise([0, *cumulative, total])]
+
+
+def _long_sql(col: _Col, texts: list[str]) -> list[str]:
+    """Exact counts of a few values of a long column (no hash table of every value)."""
+    as_text = f"CAST({col.ref} AS VARCHAR)"
+    return [
+        f"count_if({as_text} = {_text(t)}) AS {col.alias(f'v{i}')}" for i, t in enumerate(texts)
+    ]
+
+
+def _count_sql(col: _Col, plan: _Plan) -> list[str]:
+    if col.index in plan.numeric:
+        bins = plan.numeric[col.index]
+        parts = _at_most_sql(col, bins.edges, "h")
+        return parts + (_at_most_sql(col, bins.reference, "r") if bins.reference else [])
+    values = plan.categorical[col.index]
+    if values.full:
+        return [f"histogram({col.ref}) AS {col.alias('counts')}"]
+    return _long_sql(col, values.texts())
+
+
+@dataclass
+class _Plan:
+    """What pass three counts, per column index."""
+
+    numeric: dict[int, _Numeric] = field(default_factory=dict)
+    categorical: dict[int, _Categorical] = field(default_factory=dict)
+
+
+def _previous(reference: Mapping[str, Any] | None, col: _Col) -> Mapping[str, Any] | None:
+    previous = (reference or {}).get("columns", {}).get(col.name)
+    return previous if previous and previous.get("kind") == col.kind else None
+
+
+def _count_plan(
+    cols: list[_Col], first: Mapping[str, Any], reference: Mapping[str, Any] | None
+) -> _Plan:
+    plan = _Plan()
+    for col in cols:
+        previous = _previous(reference, col)
+        if col.kind == "numeric" and first[col.alias("nx")]:
+            ref = previous.get("histogram", {}).get("edges") if previous else None
+            plan.numeric[col.index] = _Numeric(
+                int(first[col.alias("nx")]),
+                _edges(first, col),
+                [float(e) for e in ref or []] or None,
+            )
+        elif col.kind == "categorical" and first[col.alias("n")]:
+            ref_values = [item["value"] for item in previous.get("top", [])] if previous else None
+            values = _Categorical(not _is_long(col, first), ref_values)
+            values.candidates = list(first.get(col.alias("candidates")) or [])
+            plan.categorical[col.index] = values
+    return plan
+
+
 # --------------------------------------------------------------------------- assembly
-
-
-def _numeric(col: _Col, first: Mapping[str, Any]) -> dict[str, Any]:
-    q = first[col.alias("q")] or []
-    return {
-        "mean": jsonable(first[col.alias("mean")]),
-        "std": jsonable(first[col.alias("std")]),
-        "quantiles": {k: jsonable(v) for k, v in zip(QUANTILES, q, strict=False)},
-    }
 
 
 def _base(col: _Col, first: Mapping[str, Any], rows: int) -> dict[str, Any]:
@@ -230,85 +355,58 @@ def _base(col: _Col, first: Mapping[str, Any], rows: int) -> dict[str, Any]:
         doc["min"] = jsonable(first[col.alias("min")])
         doc["max"] = jsonable(first[col.alias("max")])
     if col.kind == "numeric":
-        doc.update(_numeric(col, first))
+        doc["mean"] = jsonable(first[col.alias("mean")])
+        doc["std"] = jsonable(first[col.alias("std")])
+        quantiles = first.get(col.alias("q")) or [None] * len(QUANTILES)
+        doc["quantiles"] = {k: jsonable(v) for k, v in zip(QUANTILES, quantiles, strict=False)}
     return doc
 
 
-@dataclass
-class _Plan:
-    """Pass-two SQL and how to turn its row into each column's bins and top values."""
-
-    sql: list[str]
-    numeric: dict[int, tuple[list[float], list[float], list[float] | None]]
-    """index → (histogram edges, decile edges, reference edges)."""
-    categorical: dict[int, tuple[list[Any], list[Any] | None]]
-    """index → (candidate top values, reference values)."""
-
-
-def _reference_edges(reference: Mapping[str, Any] | None, col: _Col) -> list[float] | None:
-    previous = (reference or {}).get("columns", {}).get(col.name)
-    if not previous or previous.get("kind") != "numeric" or "bins" not in previous:
-        return None
-    return [float(e) for e in previous["bins"]["edges"]]
-
-
-def _reference_values(reference: Mapping[str, Any] | None, col: _Col) -> list[Any] | None:
-    previous = (reference or {}).get("columns", {}).get(col.name)
-    if not previous or previous.get("kind") != "categorical":
-        return None
-    return [item["value"] for item in previous.get("top", [])]
-
-
-def _second_plan(
-    cols: list[_Col], first: Mapping[str, Any], reference: Mapping[str, Any] | None
-) -> _Plan:
-    plan = _Plan([], {}, {})
-    for col in cols:
-        if col.kind == "numeric" and first[col.alias("nx")]:
-            hist = _equal_width(first[col.alias("lo")], first[col.alias("hi")])
-            deciles = _decile_edges(first[col.alias("q")])
-            ref = _reference_edges(reference, col)
-            plan.numeric[col.index] = (hist, deciles, ref)
-            for alias, boundaries in (("hist", hist[1:-1]), ("bins", deciles), ("ref", ref)):
-                if boundaries:  # no boundary: one bin holding everything, nothing to count
-                    plan.sql.append(_bucket_sql(col, boundaries, alias))
-        elif col.kind == "categorical" and first[col.alias("n")]:
-            candidates = list(first[col.alias("top")] or [])
-            ref_values = _reference_values(reference, col)
-            plan.categorical[col.index] = (candidates, ref_values)
-            texts = {as_text(v) for v in candidates} | {as_text(v) for v in ref_values or []}
-            plan.sql.append(_values_sql(col, sorted(texts)))
-    return plan
-
-
 def _fill_numeric(
-    doc: dict[str, Any], col: _Col, second: Mapping[str, Any], plan: _Plan, total: int
+    doc: dict[str, Any], col: _Col, counted: Mapping[str, Any], bins: _Numeric
 ) -> None:
-    hist, deciles, ref = plan.numeric[col.index]
-    counts = _buckets(second.get(col.alias("hist")), hist[1:-1], total)
-    doc["histogram"] = {"edges": hist, "counts": counts}
-    doc["bins"] = {"edges": deciles, "counts": _buckets(second.get(col.alias("bins")), deciles, total)}
-    if ref is not None:
-        found = second.get(col.alias("ref"))
-        doc["reference"] = {"edges": ref, "counts": _buckets(found, ref, total)}
+    counts = _bins(counted, col, bins.edges, "h", bins.total)
+    doc["histogram"] = {"edges": bins.edges, "counts": counts}
+    if bins.reference is not None:
+        counts = _bins(counted, col, bins.reference, "r", bins.total)
+        doc["reference"] = {"edges": bins.reference, "counts": counts}
 
 
-def _fill_categorical(doc: dict[str, Any], col: _Col, second: Mapping[str, Any], plan: _Plan) -> None:
-    candidates, ref_values = plan.categorical[col.index]
-    found = {str(k): int(v) for k, v in (second[col.alias("counts")] or {}).items()}
-    top = [{"value": jsonable(v), "count": found.get(as_text(v), 0)} for v in candidates]
-    top.sort(key=lambda item: (-item["count"], as_text(item["value"])))
-    doc["top"] = top
-    doc["top_complete"] = sum(item["count"] for item in top) == doc["count"]
-    if ref_values is not None:
-        counts = [found.get(as_text(v), 0) for v in ref_values]
-        doc["reference"] = {"values": ref_values, "counts": counts}
+def _ranked(counts: Mapping[Any, int]) -> list[dict[str, Any]]:
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], as_text(item[0])))
+    return [{"value": jsonable(value), "count": int(n)} for value, n in ranked[:TOP_K] if n]
 
 
-def _run(con: duckdb.DuckDBPyConnection, parts: list[str], relation: str) -> dict[str, Any]:
-    query = f"SELECT {', '.join(parts)} FROM {_subquery(relation)} AS __hw_in"
+def _fill_categorical(
+    doc: dict[str, Any], col: _Col, counted: Mapping[str, Any], values: _Categorical
+) -> None:
+    if values.full:
+        found: Mapping[Any, int] = counted.get(col.alias("counts")) or {}
+        doc["top"] = _ranked(found)
+        doc["top_complete"] = len(found) <= TOP_K
+        by_text = {as_text(value): int(n) for value, n in found.items()}
+    else:
+        texts = values.texts()
+        by_text = {t: int(counted[col.alias(f"v{i}")]) for i, t in enumerate(texts)}
+        doc["top"] = _ranked({v: by_text[as_text(v)] for v in values.candidates})
+        doc["top_complete"] = False
+    if values.reference is not None:
+        counts = [by_text.get(as_text(v), 0) for v in values.reference]
+        doc["reference"] = {"values": values.reference, "counts": counts}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _scan(cols: list[_Col], relation: str) -> str:
+    """The relation plus each numeric column as finite DOUBLEs, so the cast is done once."""
+    extra = "".join(f", {c.x_sql()}" for c in cols if c.kind == "numeric")
+    return f"(SELECT *{extra} FROM {_subquery(relation)} AS __hw_in) AS __hw_scan"
+
+
+def _run(con: duckdb.DuckDBPyConnection, parts: list[str], source: str) -> dict[str, Any]:
     try:
-        result = con.sql(query)
+        result = con.sql(f"SELECT {', '.join(parts)} FROM {source}")
         return dict(zip(result.columns, result.fetchall()[0], strict=True))
     except duckdb.Error as exc:
         raise StepError(f"cannot compute column statistics: {exc}") from exc
@@ -329,21 +427,28 @@ def column_stats(
     *,
     reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Statistics of every column of ``relation`` (see the module docstring for the shape).
+    """Statistics of every column of ``relation`` (the module docstring shows the shape).
 
     ``reference`` is the previous version's document; given, each column also records its
-    counts in that version's bins and top values, so :func:`compute_drift` is exact.
+    counts in that version's bins and top values, so drift against it is exact.
     """
     cols = _columns(con, relation)
-    first = _run(con, ["count(*) AS __rows"] + [p for c in cols for p in _first_pass(c)], relation)
+    source = _scan(cols, relation)
+    first = _run(con, ["count(*) AS __rows", *(p for c in cols for p in _first_pass(c))], source)
     rows = int(first["__rows"])
+    _sample_pass(con, cols, first, source)
+    plan = _count_plan(cols, first, reference)
+    parts = [
+        p
+        for c in cols
+        if c.index in plan.numeric or c.index in plan.categorical
+        for p in _count_sql(c, plan)
+    ]
+    counted = _run(con, parts, source) if parts else {}
     docs = {c.name: _base(c, first, rows) for c in cols}
-    plan = _second_plan(cols, first, reference)
-    if plan.sql:
-        second = _run(con, plan.sql, relation)
-        for col in cols:
-            if col.index in plan.numeric:
-                _fill_numeric(docs[col.name], col, second, plan, int(first[col.alias("nx")]))
-            elif col.index in plan.categorical:
-                _fill_categorical(docs[col.name], col, second, plan)
+    for col in cols:
+        if col.index in plan.numeric:
+            _fill_numeric(docs[col.name], col, counted, plan.numeric[col.index])
+        elif col.index in plan.categorical:
+            _fill_categorical(docs[col.name], col, counted, plan.categorical[col.index])
     return {"rows": rows, "columns": docs}

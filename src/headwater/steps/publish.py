@@ -150,7 +150,8 @@ def _stats_fn(ctx: StepContext, config: PublishConfig, previous: dict[str, Any] 
             return {}, None
         con = ctx.cursor()
         listing = ", ".join(sql_string(f) for f in files)
-        stats = column_stats(con, f"SELECT * FROM read_parquet([{listing}], union_by_name=true)")
+        stats = column_stats(con, f"SELECT * FROM read_parquet([{listing}], union_by_name=true)",
+                             reference=previous)
         drift = compute_drift(previous, stats) if previous else None
         if drift and config.drift is not None:
             over = exceeds(drift, config.drift)
