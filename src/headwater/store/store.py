@@ -8,6 +8,7 @@ store from the Delta log if a crash fell between the two. Never import the engin
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -290,6 +291,12 @@ class Store:
     # ----------------------------------------------------------------------- pipelines
 
     def set_code_version(self, pipeline: str, code_version: str, path: str | None) -> None:
+        try:
+            self._set_code_version(pipeline, code_version, path)
+        except IntegrityError:  # another server inserted it first: now it is an update
+            self._set_code_version(pipeline, code_version, path)
+
+    def _set_code_version(self, pipeline: str, code_version: str, path: str | None) -> None:
         with self.tx() as conn:
             existing = conn.execute(select(t.pipelines.c.code_version)
                                     .where(t.pipelines.c.name == pipeline)).first()
@@ -307,11 +314,14 @@ class Store:
 
     def ensure_dataset(self, name: str, uri: str, pipeline: str | None,
                        key: Sequence[str] | None = None) -> None:
-        with self.tx() as conn:
-            found = conn.execute(select(t.datasets.c.name).where(t.datasets.c.name == name)).first()
+        # a concurrent publish may register it first: the same row, so that is fine
+        with contextlib.suppress(IntegrityError), self.tx() as conn:
+            found = conn.execute(
+                select(t.datasets.c.name).where(t.datasets.c.name == name)).first()
             if found is None:
-                conn.execute(insert(t.datasets).values(name=name, uri=uri, pipeline=pipeline,
-                                                       key=list(key or []), created_at=utcnow()))
+                conn.execute(insert(t.datasets).values(
+                    name=name, uri=uri, pipeline=pipeline, key=list(key or []),
+                    created_at=utcnow()))
 
     def datasets(self) -> list[dict[str, Any]]:
         return self._read(select(t.datasets).order_by(t.datasets.c.name))
