@@ -520,6 +520,18 @@ def _csv_user_options(spec: FilesSource, path: str) -> list[tuple[str, str]]:
     return options
 
 
+def _looks_like_text(path: str) -> bool:
+    """False for a local file whose first 4 KiB hold NUL bytes (remote files: assume text)."""
+    if "://" in path and not path.startswith("file://"):
+        return True
+    try:
+        with open(path.removeprefix("file://"), "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return True
+    return b"\x00" not in head
+
+
 def _sniff_csv(con: duckdb.DuckDBPyConnection, info: FileInfo, spec: FilesSource) -> _CsvShape:
     user = _csv_user_options(spec, info.path)
     rendered = "".join(f", {k}={v}" for k, v in user)
@@ -532,6 +544,9 @@ def _sniff_csv(con: duckdb.DuckDBPyConnection, info: FileInfo, spec: FilesSource
         # DuckDB's sniffer gives up when a small file's sample holds a short row (it
         # samples the whole file); the lenient dialect search still finds the layout, and
         # the scan itself stays strict, so the bad row is still caught on its own line.
+        # Binary data must keep failing here, so only text gets the second chance.
+        if not _looks_like_text(info.path):
+            raise
         row = con.execute(query.format(extra=", strict_mode=false")).fetchall()[0]
     delim, quote, escape, newline, comment, columns, date_format, ts_format = row
     options = [o for o in user if o[0] not in ("delim", "quote", "escape")]
