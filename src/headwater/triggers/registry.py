@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from headwater.config.models import TriggerConfig
 from headwater.exceptions import HeadwaterError
-from headwater.triggers.base import Emit, Trigger, TriggerStatus
+from headwater.triggers.base import Emit, Trigger, TriggerStatus, utcnow
 
 if TYPE_CHECKING:
     from headwater.runtime import ProjectRuntime
@@ -39,9 +39,12 @@ class ArmedTrigger:
         await self.trigger.run(emit)
 
     def cursor(self) -> dict[str, Any]:
+        """What must survive a restart: a schedule's last window, a probe's last value."""
         last = getattr(self.trigger, "last", None)
         if isinstance(last, datetime):
             return {"cursor": {"last": last.isoformat()}}
+        if getattr(self.trigger, "has_baseline", False):
+            return {"cursor": {"value": getattr(self.trigger, "last_value", None)}}
         return {}
 
 
@@ -49,8 +52,8 @@ class _Broken:
     """Stands in for a trigger that could not be armed, so its error shows in ``triggers``."""
 
     def __init__(self, name: str, message: str) -> None:
-        self.status = TriggerStatus(name=name)
-        self.status.fail(message)
+        # set, not ``fail()``: arm_all has logged it already, and an error is logged once
+        self.status = TriggerStatus(name=name, error=message, error_at=utcnow())
 
     async def run(self, emit: Emit) -> None:
         import asyncio
