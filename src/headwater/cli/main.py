@@ -418,6 +418,9 @@ def backfill(pipeline: str,
 
 def main() -> None:
     """Console-script entry point."""
+    import logging
+
+    logging.getLogger("openlineage").setLevel(logging.WARNING)
     app()
 
 

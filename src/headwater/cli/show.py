@@ -15,13 +15,15 @@ def _console() -> Any:
 
 
 def show_dataset(project: Any, name: str, version: int | None, as_json: bool) -> None:
+    from headwater.lineage.graph import is_stale
+
     ds = project.dataset(name)
     record = ds.record(version)
-    lineage = ds.lineage(record["version"])["node"]
+    stale = is_stale(record, project.runtime.store.code_versions())  # no graph walk needed
     doc = {
         "name": name, "uri": ds.uri, "version": record["version"],
         "versions": ds.versions(), "run_id": record["run_id"], "pipeline": record["pipeline"],
-        "code_version": record["code_version"], "stale": lineage["stale"],
+        "code_version": record["code_version"], "stale": stale,
         "trigger": record["trigger"], "mode": record["mode"],
         "created_at": record["created_at"].isoformat(),
         "rows_added": record["rows_added"], "rows_removed": record["rows_removed"],
@@ -35,9 +37,9 @@ def show_dataset(project: Any, name: str, version: int | None, as_json: bool) ->
     from rich.table import Table
 
     console = _console()
-    stale = " [yellow](stale: its pipeline's code has changed)[/yellow]" if doc["stale"] else ""
+    note = " [yellow](stale: its pipeline's code has changed)[/yellow]" if stale else ""
     console.print(f"[bold]{name}[/bold] version {doc['version']} of {doc['versions'][-1]}"
-                  f"{stale}")
+                  f"{note}")
     console.print(f"  uri       {ds.uri}")
     console.print(f"  made by   run {doc['run_id']} of {doc['pipeline']} "
                   f"(code {doc['code_version']}, trigger {doc['trigger']})")

@@ -26,6 +26,9 @@ from headwater.config.models import (
 )
 from headwater.exceptions import ConfigError
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml when available: parsing is on every command's path."""
+
 PROJECT_FILE = "headwater.yaml"
 PIPELINES_DIR = "pipelines"
 
@@ -88,8 +91,12 @@ def read_yaml(path: Path, display: str) -> tuple[Any, _Lines]:
     except UnicodeDecodeError as exc:
         raise _error(display, None, "", f"is not UTF-8 text ({exc.reason})") from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _LOADER(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else None

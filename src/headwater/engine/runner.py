@@ -98,6 +98,9 @@ class RunEngine:
         self.cancel_event = threading.Event()
         self.state = _RunState()
         self._stopped = threading.Event()
+        from headwater.lineage.openlineage import emitter_for
+
+        self.lineage = emitter_for(project)
 
     # ------------------------------------------------------------------ events
 
@@ -124,12 +127,15 @@ class RunEngine:
         except HeadwaterError as exc:
             self.store.start_run(self.run_id, self.worker)
             self._finish("failed", REDACTOR(exc.message), None)
+            self._lineage_end(None)
             return self.store.run(self.run_id)
         self.store.set_code_version(pf.config.name, code, pf.display)
         self.store.update_run(self.run_id, code_version=code)
         self.store.start_run(self.run_id, self.worker)
         self._emit("run_started", run_id=self.run_id, pipeline=pf.config.name,
                    steps=list(dag.order))
+        if self.lineage is not None:
+            self.lineage.start(self.store.run(self.run_id), [])
         workdir = self.project.runs_dir / self.run_id
         workdir.mkdir(parents=True, exist_ok=True)
         import duckdb
@@ -157,7 +163,19 @@ class RunEngine:
         else:
             self._finish("succeeded", None, None)
             shutil.rmtree(workdir / "tmp", ignore_errors=True)
+        self._lineage_end(merge_outputs(list(self.state.lineage.values())))
         return self.store.run(self.run_id)
+
+    def _lineage_end(self, read: StepOutput | None) -> None:
+        """COMPLETE (with what was published and read) or FAIL/ABORT, if configured."""
+        if self.lineage is None:
+            return
+        run = self.store.run(self.run_id)
+        if run["status"] == "succeeded":
+            inputs = [*read.inputs, *read.sources] if read is not None else []
+            self.lineage.complete(run, self.store.versions_by_run(self.run_id), inputs)
+        else:
+            self.lineage.fail(run, run["error"] or run["status"])
 
     def _heartbeat(self) -> None:
         """Tell other servers this run is alive (they take over runs whose beat stops)."""

@@ -3,27 +3,36 @@
 Built from the store's version records (each names its run, pipeline, code version,
 trigger, input dataset versions and source fingerprints), walked upstream through input
 datasets and downstream through the versions that read this one. A version is *stale*
-when its pipeline's current code version differs from the one that produced it.
+when its pipeline's current code version (the one its latest run started with) differs
+from the one that produced it. This module only reads the store.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from headwater.exceptions import HeadwaterError
 
 if TYPE_CHECKING:
     from headwater.runtime import ProjectRuntime
 
+MAX_DEPTH = 100
+"""How far a walk goes; deeper nodes carry ``"truncated": true`` instead of their links.
+
+A dataset that reads its own previous version makes a chain as long as its history."""
+
+Key = tuple[str, int]
+
 
 def _node(record: dict[str, Any], current_code: dict[str, str]) -> dict[str, Any]:
-    pipeline = record.get("pipeline")
-    code = record.get("code_version")
     return {
         "dataset": record["dataset"],
         "version": record["version"],
         "run_id": record.get("run_id"),
-        "pipeline": pipeline,
-        "code_version": code,
-        "stale": bool(pipeline and code and current_code.get(pipeline) not in (None, code)),
+        "pipeline": record.get("pipeline"),
+        "code_version": record.get("code_version"),
+        "stale": is_stale(record, current_code),
         "trigger": record.get("trigger"),
         "created_at": record["created_at"].isoformat() if record.get("created_at") else None,
         "rows_added": record.get("rows_added"),
@@ -33,48 +42,100 @@ def _node(record: dict[str, Any], current_code: dict[str, str]) -> dict[str, Any
     }
 
 
+def is_stale(record: Mapping[str, Any], current_code: Mapping[str, str]) -> bool:
+    """Whether the pipeline that made ``record`` has different code now."""
+    pipeline = record.get("pipeline")
+    code = record.get("code_version")
+    return bool(pipeline and code and current_code.get(pipeline) not in (None, code))
+
+
 def version_lineage(runtime: ProjectRuntime, dataset: str,
                     version: int | None = None) -> dict[str, Any]:
-    """``{"node", "upstream": [...], "downstream": [...]}`` for one dataset version."""
+    """``{"node", "upstream": [...], "downstream": [...]}`` for one dataset version.
+
+    Every path is shown: a version reached along two paths (a diamond) appears under both.
+    """
     store = runtime.store
-    current_code = store.code_versions()
+    graph = _Graph(runtime, store.code_versions())
     record = store.version(dataset, version)
-    root = _node(record, current_code)
-    upstream = _walk_up(runtime, root, current_code, seen=set())
-    downstream = _walk_down(runtime, dataset, int(record["version"]), current_code, set())
-    return {"node": root, "upstream": upstream, "downstream": downstream}
+    key = (str(record["dataset"]), int(record["version"]))
+    root = _node(record, graph.code)
+    return {"node": root, "upstream": graph.up(root["inputs"], 1),
+            "downstream": graph.down(key, 1)}
 
 
-def _walk_up(runtime: ProjectRuntime, node: dict[str, Any], code: dict[str, str],
-             seen: set[tuple[str, int]]) -> list[dict[str, Any]]:
-    out = []
-    for item in node["inputs"]:
-        key = (str(item["dataset"]), int(item["version"]))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            parent = _node(runtime.store.version(*key), code)
-        except Exception:  # noqa: BLE001 - a dropped upstream dataset is shown as missing
-            out.append({"dataset": key[0], "version": key[1], "missing": True})
-            continue
-        parent["upstream"] = _walk_up(runtime, parent, code, seen)
-        out.append(parent)
-    return out
+class _Graph:
+    """The store's version records, read once per walk, and the subtrees built from them."""
+
+    def __init__(self, runtime: ProjectRuntime, code: dict[str, str]) -> None:
+        self.runtime = runtime
+        self.code = code
+        self._records: dict[Key, dict[str, Any] | None] = {}
+        self._readers: dict[Key, list[dict[str, Any]]] | None = None
+        self._up: dict[Key, dict[str, Any]] = {}
+        self._down: dict[Key, dict[str, Any]] = {}
+
+    def up(self, inputs: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
+        out = []
+        for item in inputs:
+            key = _key(item)
+            if key is None:
+                continue
+            if key not in self._up:
+                record = self._record(key)
+                if record is None:  # a dropped upstream dataset is shown as missing
+                    self._up[key] = {"dataset": key[0], "version": key[1], "missing": True}
+                    out.append(self._up[key])
+                    continue
+                parent = _node(record, self.code)
+                if depth >= MAX_DEPTH:  # not remembered: a shorter path may reach it too
+                    out.append({**parent, "upstream": [], "truncated": True})
+                    continue
+                parent["upstream"] = self.up(parent["inputs"], depth + 1)
+                self._up[key] = parent
+            out.append(self._up[key])
+        return out
+
+    def down(self, key: Key, depth: int) -> list[dict[str, Any]]:
+        out = []
+        for record in self._readers_of(key):
+            child_key = (str(record["dataset"]), int(record["version"]))
+            if child_key not in self._down:
+                child = _node(record, self.code)
+                if depth >= MAX_DEPTH:
+                    out.append({**child, "downstream": [], "truncated": True})
+                    continue
+                child["downstream"] = self.down(child_key, depth + 1)
+                self._down[child_key] = child
+            out.append(self._down[child_key])
+        return out
+
+    def _record(self, key: Key) -> dict[str, Any] | None:
+        if key not in self._records:
+            try:
+                self._records[key] = self.runtime.store.version(*key)
+            except HeadwaterError:
+                self._records[key] = None
+        return self._records[key]
+
+    def _readers_of(self, key: Key) -> list[dict[str, Any]]:
+        """Versions that recorded ``key`` as an input (every record is read only once)."""
+        if self._readers is None:
+            self._readers = {}
+            store = self.runtime.store
+            for other in store.datasets():
+                for record in store.versions(other["name"]):
+                    for item in record.get("inputs") or []:
+                        parent = _key(item)
+                        if parent is None:
+                            continue
+                        readers = self._readers.setdefault(parent, [])
+                        if all(r is not record for r in readers):  # listed twice
+                            readers.append(record)
+        return self._readers.get(key, [])
 
 
-def _walk_down(runtime: ProjectRuntime, dataset: str, version: int, code: dict[str, str],
-               seen: set[tuple[str, int]]) -> list[dict[str, Any]]:
-    out = []
-    for other in runtime.store.datasets():
-        for record in runtime.store.versions(other["name"]):
-            for item in record.get("inputs") or []:
-                if item.get("dataset") == dataset and int(item.get("version", -1)) == version:
-                    key = (str(record["dataset"]), int(record["version"]))
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    child = _node(record, code)
-                    child["downstream"] = _walk_down(runtime, *key, code, seen)
-                    out.append(child)
-    return out
+def _key(item: Mapping[str, Any]) -> Key | None:
+    if item.get("dataset") is None or item.get("version") is None:
+        return None
+    return str(item["dataset"]), int(item["version"])
