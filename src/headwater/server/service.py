@@ -71,6 +71,8 @@ class Server:
         self._events: dict[str, datetime] = {}
         """run id → when the event that queued it happened (event → start latency)."""
         self._disabled: set[tuple[str, int]] = set()
+        self._saved_states: dict[tuple[str, int], dict[str, Any]] = {}
+        """(pipeline, trigger index) → the trigger state last written to the store."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = datetime.now(UTC)
 
@@ -267,9 +269,21 @@ class Server:
                 metrics.ROWS_PUBLISHED.labels(version["dataset"]).inc(version["rows_added"])
         except Exception:  # a run must never take the server down
             log.exception("run %s crashed the runner", run_id)
-            with contextlib.suppress(Exception):
-                self.store.finish_run(run_id, "failed", "internal error in the runner; "
-                                      "see the server log")
+            self._fail_unfinished(run_id, "internal error in the runner; see the server log")
+        except (SystemExit, KeyboardInterrupt) as exc:  # raised by a step's own code
+            # Only user code raises these in a worker thread (signals reach the main thread).
+            # Left alone, the run would stay `running`, be taken over after its lease and
+            # exit again, forever.
+            raised = f"{type(exc).__name__}({', '.join(repr(a) for a in exc.args)})"
+            log.error("run %s: a step raised %s", run_id, raised)
+            self._fail_unfinished(run_id, f"the step raised {raised}: a step must return or "
+                                  "raise an exception, not exit")
+
+    def _fail_unfinished(self, run_id: str, message: str) -> None:
+        try:
+            queue.fail_unfinished(self.store, run_id, message)
+        except HeadwaterError as exc:
+            log.error("could not record run %s as failed: %s", run_id, exc.message)
 
     def _on_done(self, run_id: str, _future: object) -> None:
         self._done(run_id)
@@ -300,10 +314,13 @@ class Server:
         metrics.QUEUE_DEPTH.set(queue.queued_count(self.store))
         for armed in self.triggers:
             status: TriggerStatus = armed.trigger.status
-            queue.save_trigger_state(
-                self.store, armed.pipeline, armed.index, armed.kind,
-                last_fired_at=status.last_fired_at, next_fire_at=status.next_fire_at,
-                error=status.error, error_at=status.error_at, **armed.cursor())
+            values = {"last_fired_at": status.last_fired_at, "next_fire_at": status.next_fire_at,
+                      "error": status.error, "error_at": status.error_at, **armed.cursor()}
+            # only what changed: 200 idle schedules must not cost 100 transactions a second
+            if self._saved_states.get((armed.pipeline, armed.index)) != values:
+                queue.save_trigger_state(self.store, armed.pipeline, armed.index, armed.kind,
+                                         **values)
+                self._saved_states[(armed.pipeline, armed.index)] = values
             if status.error:
                 metrics.TRIGGER_ERRORS.labels(armed.pipeline, armed.kind).set(1)
             else:

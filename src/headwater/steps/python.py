@@ -25,7 +25,6 @@ from headwater.exceptions import ConfigError, StepError
 from headwater.steps.base import StepContext, StepOutput, register
 from headwater.steps.spill import sql_string
 
-
 _IMPORT_LOCK = threading.Lock()
 
 

@@ -58,7 +58,8 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
     if source.incremental:
         ctx.log(f"{len(new)} new of {len(matched)} matching files", files=len(new))
     if not new:
-        relation = f"SELECT * FROM ({fileconn.scan_sql(matched, source, root=root, con=con)}) LIMIT 0"
+        scan = fileconn.scan_sql(matched, source, root=root, con=con)
+        relation = f"SELECT * FROM ({scan}) LIMIT 0"
         _bind(con, relation, matched, ctx.step_id, root)
         return StepOutput(relation=relation, rows=0, sources=[fingerprint], state=state)
     if source.bad_rows == "fail":

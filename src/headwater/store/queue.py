@@ -30,7 +30,9 @@ def fire(store: Store, *, pipeline: str, trigger_index: int | None, kind: str,
     now = utcnow()
     for _ in range(20):
         try:
-            with store.tx() as conn:
+            # one fire at a time per process (webhook threads race for the next seq otherwise:
+            # at 32 concurrent calls that halves the throughput); servers still race, and retry
+            with store._seq_lock, store.tx() as conn:
                 if dedupe_key is not None:
                     seen = conn.execute(select(t.trigger_fires.c.id).where(
                         t.trigger_fires.c.dedupe_key == dedupe_key)).first()
@@ -143,6 +145,24 @@ def requeue_orphans(store: Store, lease_seconds: float, *,
                 status="failed", error="interrupted: its server stopped",
                 finished_at=utcnow()))
     return ids
+
+
+def fail_unfinished(store: Store, run_id: str, message: str) -> None:
+    """Fail a run its engine left unfinished (and its running steps), naming the step.
+
+    A run that already reached a final state is left as it is.
+    """
+    now = utcnow()
+    running_steps = and_(t.step_runs.c.run_id == run_id, t.step_runs.c.status == "running")
+    with store.tx() as conn:
+        step = conn.execute(select(t.step_runs.c.step_id).where(running_steps)
+                            .order_by(t.step_runs.c.id).limit(1)).scalar()
+        conn.execute(update(t.step_runs).where(running_steps).values(
+            status="failed", error=message, finished_at=now))
+        conn.execute(update(t.runs).where(and_(
+            t.runs.c.id == run_id, t.runs.c.status.in_(["queued", "running"]))).values(
+            status="failed", finished_at=now, failed_step=step,
+            error=f"step {step!r} failed: {message}" if step else message))
 
 
 # --------------------------------------------------------------------------- triggers

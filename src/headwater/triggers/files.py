@@ -528,7 +528,7 @@ class FilesTrigger:
         except FolderMissing:
             self._problem("folder", _missing(self.lister.display))
             return False
-        except Exception as exc:  # a store outage, bad credentials: report, retry
+        except Exception as exc:  # noqa: BLE001 - a store outage, bad credentials: report, retry
             self._problem("folder", f"cannot list {self.lister.display}: {exc}")
             return False
         self._problem("folder", None)
@@ -563,7 +563,7 @@ class FilesTrigger:
         """Run blocking I/O in a thread; a failure becomes status.error, not an exception."""
         try:
             result = await asyncio.to_thread(function, *args)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any listing failure is a status
             self._problem("folder", f"cannot read {self.lister.display}: {exc}")
             return None
         return result
@@ -625,7 +625,7 @@ class FilesTrigger:
             try:
                 await emit(fire)
                 break
-            except Exception as exc:  # the server's failure must not kill the trigger
+            except Exception as exc:  # noqa: BLE001 - the server's failure must not kill the trigger
                 self._problem("emit", f"could not queue a run for {len(states)} files: {exc}")
                 await asyncio.sleep(backoff.next())
         self._problem("emit", None)

@@ -372,7 +372,7 @@ class ScheduleTrigger:
         while True:
             try:
                 await emit(fire)
-            except Exception as exc:  # the server's failure must not kill the trigger
+            except Exception as exc:  # noqa: BLE001 - the server's failure must not kill the trigger
                 self.status.fail(f"could not queue the run for {window[1].isoformat()}: {exc}")
                 await asyncio.sleep(backoff.next())
                 continue
