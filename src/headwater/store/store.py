@@ -89,6 +89,7 @@ class Store:
     def __init__(self, url: str, root: Path | None = None, *, migrate: bool = True) -> None:
         self.url = resolve_store_url(url, root or Path.cwd())
         self.is_sqlite = self.url.startswith("sqlite")
+        self._write_lock: Any = threading.RLock() if self.is_sqlite else contextlib.nullcontext()
         try:
             self.engine: Engine = self._make_engine()
             if migrate:
@@ -116,10 +117,14 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
-        """One short transaction, retried while SQLite reports the database locked."""
+        """One short transaction, retried while SQLite reports the database locked.
+
+        On SQLite, writers of this process take turns on a lock first: SQLite's own busy
+        handler sleeps in growing steps, which made parallel steps wait for each other.
+        """
         for attempt in range(50):
             try:
-                with self.engine.begin() as conn:
+                with self._write_lock, self.engine.begin() as conn:
                     yield conn
                 return
             except OperationalError as exc:
