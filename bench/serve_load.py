@@ -1,0 +1,361 @@
+"""Benchmark: webhook throughput of one ``headwater serve``, and where its time goes.
+
+Run:  python bench/serve_load.py [--duration 120] [--rate 4000] [--profile]
+
+A two-step pipeline (``a: SELECT 1 AS x`` -> ``b: SELECT x + 1 AS y FROM a``) with a
+webhook trigger is served by ``headwater serve`` in its own process (default SQLite store,
+the project's default ``max_concurrent_runs``). Client threads in this process POST
+``/api/pipelines/hook/trigger`` open-loop at ``--rate`` requests a minute for
+``--duration`` seconds (a request is sent at its scheduled time whether or not earlier
+ones were answered, so a server that falls behind builds a queue instead of slowing the
+client down). Then the server is stopped and the store is read:
+
+  runs/min     runs that finished inside the window, per minute
+  latency      runs.created_at (the webhook queued it) -> its first step_runs.started_at,
+               for every run queued in the window; a run that had not started when the
+               window closed counts with its waiting time so far (a lower bound, marked >=)
+
+Targets: >= 4,000 runs/min with p99 <= 0.3 s. ``--profile`` samples the server with py-spy
+(``pip install py-spy``) over the whole window and prints the functions that cost the
+most CPU per completed run (inclusive, all threads, idle excluded). Note the client shares
+the machine's cores with the server; its own CPU is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_line, table
+from trigger_latency import Served, StoreReader, percentile, store_url, write
+
+TARGET_RUNS_PER_MIN = 4000
+TARGET_P99 = 0.3
+TOKEN = "bench-token"
+SAMPLE_RATE = 100
+PIPELINE = f"""name: hook
+triggers:
+  - webhook: {{token: {TOKEN}}}
+steps:
+  - id: a
+    sql: SELECT 1 AS x
+  - id: b
+    sql: SELECT x + 1 AS y FROM a
+"""
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass
+class ClientStats:
+    sent: int = 0
+    accepted: int = 0
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    response_seconds: list[float] = field(default_factory=list)
+    late_seconds: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def post_open_loop(url: str, rate_per_min: float, seconds: float, threads: int) -> ClientStats:
+    """POST at fixed times (request i at start + i / rate) from ``threads`` threads."""
+    import httpx
+
+    stats = ClientStats()
+    interval = 60.0 / rate_per_min
+    total = int(seconds / interval)
+    counter = iter(range(total))
+    take = threading.Lock()
+    ready = threading.Barrier(threads + 1)
+    start = 0.0
+    hook = f"{url}/api/pipelines/hook/trigger"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    def worker() -> None:
+        with httpx.Client(timeout=30) as client:
+            ready.wait()  # every client is built before the clock starts
+            while True:
+                with take:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                due = start + i * interval
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                sent = time.monotonic()
+                try:
+                    answer = client.post(hook, headers=headers, json={"params": {}})
+                    outcome = str(answer.status_code)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                done = time.monotonic()
+                with stats.lock:
+                    stats.sent += 1
+                    stats.late_seconds.append(max(0.0, sent - due))
+                    stats.response_seconds.append(done - sent)
+                    if outcome == "202":
+                        stats.accepted += 1
+                    else:
+                        stats.errors[outcome] += 1
+
+    pool = [threading.Thread(target=worker, name=f"client-{n}") for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    start = time.monotonic() + 0.05
+    ready.wait()
+    for thread in pool:
+        thread.join()
+    return stats
+
+
+# --------------------------------------------------------------------------- store
+
+
+def run_rows(reader: StoreReader) -> list[dict[str, Any]]:
+    """Every run of ``hook`` with its first step's start."""
+    from sqlalchemy import func, select
+
+    from headwater.store import schema as t
+
+    first = (select(t.step_runs.c.run_id, func.min(t.step_runs.c.started_at).label("first"))
+             .group_by(t.step_runs.c.run_id).subquery())
+    query = (select(t.runs.c.id, t.runs.c.status, t.runs.c.created_at, t.runs.c.started_at,
+                    t.runs.c.finished_at, first.c.first)
+             .select_from(t.runs.outerjoin(first, first.c.run_id == t.runs.c.id))
+             .where(t.runs.c.pipeline == "hook"))
+    with reader.engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    return [{k: _aware(v) for k, v in row.items()} for row in rows]
+
+
+def _aware(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def start_profiler(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("profile: py-spy is not installed (pip install py-spy); skipped")
+        return None
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--duration", str(int(seconds) + 600),
+         "--rate", str(SAMPLE_RATE),
+         "--format", "raw", "--output", str(out), "--nonblocking",
+         *(["--gil"] if os.environ.get("BENCH_PYSPY_GIL") else [])],
+        stdout=subprocess.DEVNULL, stderr=out.with_suffix(".err").open("wb"))
+
+
+def stop_profiler(spy: subprocess.Popen[bytes], out: Path) -> None:
+    """Stop sampling now (py-spy writes its output on SIGINT) and wait for the file."""
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+    if spy.returncode not in (0, -signal.SIGINT):
+        err = out.with_suffix(".err").read_text(errors="replace")
+        print(f"py-spy failed ({spy.returncode}): {err[-500:]}")
+
+
+def print_profile(path: Path, runs: int, top: int = 20) -> None:
+    """CPU per completed run: headwater functions inclusive (each counted once per stack)
+    and every function's own time (the leaf frame; native code counts for its caller)."""
+    if not path.exists():
+        print("profile: py-spy wrote nothing")
+        return
+    inclusive: collections.Counter[str] = collections.Counter()
+    leaf: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame(f) for f in stack.split(";")[1:]]  # the first names the thread
+        if not frames or any(f.startswith(IDLE) for f in frames[-1:]):
+            continue
+        total += count
+        for frame in set(frames):
+            if "(headwater/" in frame:
+                inclusive[frame] += count
+        leaf[frames[-1]] += count
+    per_run = 1000.0 / SAMPLE_RATE / max(runs, 1)  # ms of CPU one sample stands for, per run
+    print(f"\nprofile: {total:,} busy samples at {SAMPLE_RATE}/s (all threads), {runs:,} runs "
+          f"finished -> {total * per_run:.1f} ms of CPU per run")
+    print(table(["headwater function (inclusive)", "ms/run", "share"],
+                [[name[:100], n * per_run, f"{100 * n / total:.0f}%"]
+                 for name, n in inclusive.most_common(top)]))
+    print(table(["function (self)", "ms/run", "share"],
+                [[name[:100], n * per_run, f"{100 * n / total:.0f}%"]
+                 for name, n in leaf.most_common(12)]))
+
+
+IDLE = ("Condition.wait ", "EpollSelector.select ", "Event.wait ", "_worker (concurrent")
+"""Leaf frames that are a thread waiting, not working (py-spy samples them when they hold
+no GIL but have not parked yet)."""
+
+
+def _frame(text: str) -> str:
+    # py-spy raw frames look like "function (path/to/file.py:123)"
+    name, _, where = text.partition(" (")
+    where = where.rstrip(")")
+    file = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", "src/", "lib/python3.11/"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+            break
+    return f"{name} ({file})"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(duration: float, rate: float, threads: int, profile: bool, settings: str) -> int:
+    import psutil
+
+    with tempfile.TemporaryDirectory(prefix="hw-load-") as tmp:
+        root = Path(tmp)
+        write(root / "headwater.yaml", "name: load\n" + settings)
+        write(root / "pipelines" / "hook.yaml", PIPELINE)
+        reader = StoreReader(store_url(root))
+        server = Served(root, env={"HEADWATER_SHUTDOWN_GRACE": "0"})
+        try:
+            _warm_up(server.url, reader)
+            proc = psutil.Process(server.pid)
+            me = psutil.Process()
+            server_cpu0, client_cpu0 = proc.cpu_times(), me.cpu_times()
+            spy = start_profiler(server.pid, root / "profile.txt", duration) if profile else None
+            window_start = datetime.now(UTC)
+            began = time.monotonic()
+            print(f"posting {rate:,.0f}/min for {duration:.0f} s from {threads} threads ...",
+                  flush=True)
+            stats = post_open_loop(server.url, rate, duration, threads)
+            left = duration - (time.monotonic() - began)
+            if left > 0:
+                time.sleep(left)
+            window_end = datetime.now(UTC)
+            server_cpu1, client_cpu1 = proc.cpu_times(), me.cpu_times()
+            if spy is not None:
+                stop_profiler(spy, root / "profile.txt")
+        finally:
+            server.stop()
+        rows = run_rows(reader)
+        reader.close()
+        seconds = (window_end - window_start).total_seconds()
+        code = report(rows, stats, window_start, window_end, rate)
+        cpu = _cpu(server_cpu0, server_cpu1)
+        client = _cpu(client_cpu0, client_cpu1)
+        print(f"CPU over the window: server {cpu:.1f} s ({100 * cpu / seconds:.0f}% of one "
+              f"core), client {client:.1f} s ({100 * client / seconds:.0f}%)")
+        if profile:
+            done = sum(1 for r in rows if r["finished_at"] is not None
+                       and window_start <= r["finished_at"] <= window_end)
+            print_profile(root / "profile.txt", done)
+        _show_log_problems(server)
+    return code
+
+
+def _warm_up(url: str, reader: StoreReader) -> None:
+    """One run first, so imports and the store's first writes are not in the window."""
+    import httpx
+
+    seq = reader.last_seq("hook")
+    httpx.post(f"{url}/api/pipelines/hook/trigger",
+               headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    reader.wait_run("hook", seq)
+
+
+def _cpu(before: Any, after: Any) -> float:
+    return float((after.user - before.user) + (after.system - before.system))
+
+
+def report(rows: list[dict[str, Any]], stats: ClientStats, start: datetime, end: datetime,
+           rate: float) -> int:
+    seconds = (end - start).total_seconds()
+    in_window = [r for r in rows if start <= r["created_at"] <= end]
+    finished = [r for r in rows if r["finished_at"] is not None
+                and start <= r["finished_at"] <= end]
+    succeeded = sum(1 for r in finished if r["status"] == "succeeded")
+    waits, censored = [], 0
+    for r in in_window:
+        if r["first"] is not None and r["first"] <= end:
+            waits.append((r["first"] - r["created_at"]).total_seconds())
+        else:
+            censored += 1
+            waits.append((end - r["created_at"]).total_seconds())
+    per_min = 60.0 * len(finished) / seconds
+    late = percentile(stats.late_seconds, 99) if stats.late_seconds else 0.0
+    print(f"\nclient: {stats.sent:,} POSTs ({60 * stats.sent / seconds:,.0f}/min offered "
+          f"of {rate:,.0f}/min asked; p99 lateness {late:.3f} s), {stats.accepted:,} accepted"
+          + (f", errors {dict(stats.errors)}" if stats.errors else ""))
+    if stats.response_seconds:
+        print(f"webhook response: p50 {percentile(stats.response_seconds, 50) * 1000:.1f} ms, "
+              f"p99 {percentile(stats.response_seconds, 99) * 1000:.1f} ms")
+    mark = ">=" if censored else ""
+    p50, p90, p99 = (percentile(waits, p) if waits else 0.0 for p in (50, 90, 99))
+    ok = per_min >= TARGET_RUNS_PER_MIN and p99 <= TARGET_P99 and not censored
+    print(table(
+        ["window s", "queued", "finished", "succeeded", "runs/min", "not started",
+         "p50 s", "p90 s", "p99 s", f">={TARGET_RUNS_PER_MIN}/min p99<={TARGET_P99}"],
+        [[seconds, len(in_window), len(finished), succeeded, per_min, censored,
+          f"{mark}{p50:.3f}", f"{mark}{p90:.3f}", f"{mark}{p99:.3f}",
+          "PASS" if ok else "FAIL"]]))
+    print("latency = runs.created_at -> first step_runs.started_at"
+          + (f"; {censored:,} run(s) still waiting at the end count as lower bounds"
+             if censored else ""))
+    return 0 if ok else 1
+
+
+def _show_log_problems(server: Served) -> None:
+    lines = [line for line in server.log.read_text().splitlines()
+             if " ERROR " in line or "Traceback" in line]
+    if lines:
+        print(f"server log: {len(lines)} error lines, first: {lines[0][:200]}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=120.0,
+                        help="seconds of sustained load (default 120)")
+    parser.add_argument("--rate", type=float, default=float(TARGET_RUNS_PER_MIN),
+                        help="webhook POSTs a minute (default 4000)")
+    parser.add_argument("--threads", type=int, default=32, help="client threads (default 32)")
+    parser.add_argument("--max-concurrent-runs", type=int, default=None,
+                        help="the project's max_concurrent_runs (default: headwater's)")
+    parser.add_argument("--profile", action="store_true", help="sample the server with py-spy")
+    args = parser.parse_args(argv)
+    print(machine_line())
+    settings = ""
+    if args.max_concurrent_runs:
+        settings = f"max_concurrent_runs: {args.max_concurrent_runs}\n"
+    with contextlib.suppress(KeyboardInterrupt):
+        return run(args.duration, args.rate, args.threads, args.profile, settings)
+    return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    raise SystemExit(main())
