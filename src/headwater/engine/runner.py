@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -34,6 +35,8 @@ from headwater.exceptions import (
 )
 from headwater.runtime import ProjectRuntime
 from headwater.steps.base import StepOutput, step_function
+
+log = logging.getLogger("headwater.engine")
 
 Observer = Callable[[str, Mapping[str, Any]], None]
 """Receives ``(event, fields)``: run_started, step_started, step_finished, log, run_finished."""
@@ -140,7 +143,12 @@ class RunEngine:
         workdir.mkdir(parents=True, exist_ok=True)
         import duckdb
 
-        db = duckdb.connect(config={"temp_directory": str(workdir / "tmp")})
+        db = duckdb.connect(config={
+            "temp_directory": str(workdir / "tmp"),
+            # bounded memory whatever the input size: DuckDB spills past this
+            "memory_limit": os.environ.get("HEADWATER_DUCKDB_MEMORY", "512MB"),
+        })
+        db.execute("SET enable_progress_bar = false")  # DuckDB must not draw on our stderr
         executor = make_executor(self.project.config.executor)
         self.project.import_path()
         beat = threading.Thread(target=self._heartbeat, name="hw-heartbeat", daemon=True)
@@ -153,6 +161,10 @@ class RunEngine:
             self._commit_leftovers(dag, db, workdir, code, template_vars)
         except HeadwaterError as exc:
             self.state.failure = self.state.failure or StepFailure("", REDACTOR(exc.message))
+        except Exception as exc:  # noqa: BLE001 - a bug here must still end the run honestly
+            log.exception("run %s: internal error", self.run_id)
+            self.state.failure = self.state.failure or StepFailure(
+                "", REDACTOR(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             self._stopped.set()
             executor.shutdown(wait=self.state.failure is None)
