@@ -29,7 +29,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	2>/dev/null && { echo $$p; break; }; done)
 
 .PHONY: help demo install install-dev test lint typecheck pytest services stop-azurite \
-	bench bench-files bench-overhead clean distclean
+	bench bench-files bench-overhead bench-datasets bench-triggers clean distclean
 
 help:
 	@sed -n '3,9s/^# \{0,1\}//p' Makefile
@@ -88,7 +88,14 @@ stop-azurite:
 
 # ---------------------------------------------------------------------------- bench
 
-bench: bench-files bench-overhead
+bench: bench-files bench-overhead bench-datasets bench-triggers
+
+bench-datasets: install
+	$(PIP) install -q -e '.[bench]'
+	$(PY) bench/datasets_ml.py --rows $(BENCH_ROWS)
+
+bench-triggers: install-dev
+	$(PY) bench/trigger_latency.py
 
 bench-files: install
 	$(PIP) install -q -e '.[bench]'
