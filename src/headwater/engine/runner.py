@@ -161,7 +161,7 @@ class RunEngine:
             self._commit_leftovers(dag, db, workdir, code, template_vars)
         except HeadwaterError as exc:
             self.state.failure = self.state.failure or StepFailure("", REDACTOR(exc.message))
-        except Exception as exc:  # noqa: BLE001 - a bug here must still end the run honestly
+        except Exception as exc:  # a bug here must still end the run honestly
             log.exception("run %s: internal error", self.run_id)
             self.state.failure = self.state.failure or StepFailure(
                 "", REDACTOR(f"internal error: {type(exc).__name__}: {exc}"))
