@@ -255,6 +255,70 @@ def test_a_duplicate_key_keeps_the_first_good_row(
     ] == errors(con, result)
 
 
+def test_a_duplicate_rejected_only_for_its_key_keeps_its_original_text(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A row rejected by unique alone is found after the pass, yet its _row still holds the
+    values as they arrived ('01', not the cast 1)."""
+    relation = "SELECT * FROM (VALUES ('1', 'a'), ('01', 'b')) t(id, tag)"
+    result = check(con, relation, tmp_path, columns={"id": {"type": "int64", "unique": True}})
+    [row] = rejected(con, result)
+
+    assert [(1, "a")] == good(con, result)
+    assert ("id: duplicate 1 (duplicate of row 1)", "v:row 2") == (row["_error"], row["_source"])
+    assert {"id": "01", "tag": "b"} == json.loads(row["_row"])
+
+
+def test_every_unique_column_is_checked_on_its_own(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """Two unique columns: a row repeating both keys names both, sorted with its other
+    problems; each key keeps its own first row."""
+    relation = "SELECT * FROM (VALUES (1, 'a', 1), (2, 'a', 1), (1, 'a', -1)) t(id, code, n)"
+    columns = {"id": {"unique": True}, "code": {"unique": True}, "n": {"min": 0}}
+    result = check(con, relation, tmp_path, columns=columns)
+
+    assert [(1, "a", 1)] == good(con, result)
+    assert [
+        "code: duplicate 'a' (duplicate of row 1)",
+        "n: -1 < min 0; id: duplicate 1 (duplicate of row 1); "
+        "code: duplicate 'a' (duplicate of row 1)",
+    ] == errors(con, result)
+    assert {"code: unique": 2, "n: min 0": 1, "id: unique": 1} == result.failures
+
+
+def test_an_input_column_named_file_row_number_does_not_change_row_numbers(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """The spill numbers rows with Parquet's file_row_number unless the input has a column
+    of that name, which then comes through untouched."""
+    relation = "SELECT * FROM (VALUES (7, 1), (7, 1), (9, -1)) t(file_row_number, n)"
+    result = check(con, relation, tmp_path, columns={"n": {"unique": True, "min": 0}})
+
+    assert [(7, 1)] == good(con, result)
+    assert ["v:row 2", "v:row 3"] == [row["_source"] for row in rejected(con, result)]
+
+
+def test_duplicates_keep_the_good_rows_in_input_order_across_row_groups(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """Over a many-row-group input, rejecting duplicates neither reorders the good rows nor
+    misnumbers the rejected ones."""
+    data = tmp_path / "in.parquet"
+    con.execute(
+        f"COPY (SELECT CASE WHEN range % 1000 = 999 THEN range - 1 ELSE range END AS k, "
+        f"range AS i FROM range(200000)) TO '{data}' (FORMAT parquet, ROW_GROUP_SIZE 10000)"
+    )
+    relation = f"SELECT * FROM read_parquet('{data}')"
+    result = check(con, relation, tmp_path / "out", columns={"k": {"unique": True}})
+
+    kept = [i for (_, i) in good(con, result)]
+    assert [i for i in range(200000) if i % 1000 != 999] == kept
+    assert [f"v:row {i + 1}" for i in range(999, 200000, 1000)] == [
+        row["_source"] for row in rejected(con, result)
+    ]
+
+
 def test_a_rule_that_evaluates_to_null_passes(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:

@@ -2,9 +2,11 @@
 
 Every check becomes a SQL predicate that is TRUE when a row breaks it, plus a SQL string
 that says how, so one scan of the input yields, per row, the list of every problem it has.
-That pass is spilled to one Parquet file holding all rows (columns cast to their declared
-types, the problem list and, for rejected rows only, the original row as JSON); the good
-rows are a filtered relation over that spill and the rejected rows are copied out of it.
+That pass streams, in input order, into one Parquet file holding all rows (columns cast to
+their declared types, the problem list and, for rejected rows only, the original row as
+JSON); the good rows are a filtered relation over that spill and the rejected rows are copied
+out of it. A row's number is its position in the spill (Parquet's ``file_row_number``), so
+the pass needs no window, sort or join and runs on every thread in bounded memory.
 
 Semantics worth knowing (SPEC §3):
 
@@ -16,8 +18,9 @@ Semantics worth knowing (SPEC §3):
   constraint).
 * ``unique: true`` keeps one row per key and rejects the others: the first row, in input
   order, that passes every other check (or the first row, if none does). NULL keys are never
-  duplicates. This needs a window over the whole input, so it is the one check that is not
-  streaming.
+  duplicates. It runs after the pass, over the spill's narrow columns: a GROUP BY finds the
+  repeated keys and a window over only their rows picks the losers, which go to a small
+  ``<step>.duplicates.parquet`` the good and rejected relations consult by row number.
 * ``max_error_ratio`` left unset means *no limit* for ``drop`` and ``quarantine``: a user
   asking to quarantine rows expects them quarantined, not the run failed on the first one.
 
@@ -220,6 +223,18 @@ class _Plan:
     names: list[str] = field(default_factory=list)
     """Check names by index: row checks first, then uniqueness."""
 
+    @property
+    def numbered(self) -> bool:
+        """The input has its own ``file_row_number``, so the spill must number rows itself
+        (``row_number() OVER ()``, one thread) instead of using Parquet's."""
+        return any(name.lower() == "file_row_number" for name, _ in self.input_columns)
+
+    @property
+    def kept_raws(self) -> list[str]:
+        """Raw values the spill keeps for every row: a duplicate found after the pass still
+        needs its original row, and casting back would not give the text that arrived."""
+        return [c.raw for c in self.columns if c.cast_to] if self.unique else []
+
 
 def _type_check(col: _Column, label: str) -> _Check:
     assert col.cast_to is not None
@@ -410,18 +425,18 @@ def _plan(input_columns: list[tuple[str, str]], config: ValidateConfig, step_id:
     return plan
 
 
-# --------------------------------------------------------------------------- the query
+# --------------------------------------------------------------------------- the pass
 
 
 def _typed_cte(plan: _Plan, relation: str) -> str:
-    """Number the rows, cast declared columns, keep the raw values of the cast ones."""
+    """Cast declared columns and keep the raw values of the cast ones."""
     casts = [c for c in plan.columns if c.cast_to]
     replace = ", ".join(f"TRY_CAST({c.value} AS {c.cast_to}) AS {c.value}" for c in casts)
     raws = "".join(f", {c.value} AS {c.raw}" for c in casts)
     star = f"* REPLACE ({replace})" if replace else "*"
+    numbering = ", row_number() OVER () AS __hw_n" if plan.numbered else ""
     return (
-        f"__hw_src AS (SELECT *, row_number() OVER () AS __hw_n "
-        f"FROM {_subquery(relation)} AS __hw_in),\n"
+        f"__hw_src AS (SELECT *{numbering} FROM {_subquery(relation)} AS __hw_in),\n"
         f"__hw_typed AS (SELECT {star}{raws} FROM __hw_src)"
     )
 
@@ -447,31 +462,6 @@ def _problems(checks: list[_Check]) -> str:
     )
 
 
-def _unique_cte(plan: _Plan) -> str:
-    """Reject every row of a key but the one kept (see the module docstring)."""
-    windows, problems = [], "__hw_problems"
-    for k, (index, col) in enumerate(plan.unique):
-        over = f"OVER (PARTITION BY {col.value} ORDER BY __hw_problems IS NOT NULL, __hw_n)"
-        windows.append(
-            f"row_number() {over} AS __hw_dup_{k}, first_value(__hw_n) {over} AS __hw_keep_{k}"
-        )
-        message = _message(
-            _text(f"{col.name}: duplicate "),
-            _show(col.value, col.type),
-            _text(" (duplicate of row "),
-            f"CAST(__hw_keep_{k} AS VARCHAR)",
-            _text(")"),
-        )
-        problems = (
-            f"CASE WHEN {col.value} IS NOT NULL AND __hw_dup_{k} > 1 THEN list_append("
-            f"coalesce({problems}, []), {_problem(index, message)}) ELSE {problems} END"
-        )
-    return (
-        f"__hw_windows AS (SELECT *, {', '.join(windows)} FROM __hw_checked),\n"
-        f"__hw_unique AS (SELECT * REPLACE ({problems} AS __hw_problems) FROM __hw_windows)"
-    )
-
-
 def _original_row(plan: _Plan) -> str:
     raw = {c.name: c.raw for c in plan.columns}
     fields = ", ".join(
@@ -481,25 +471,19 @@ def _original_row(plan: _Plan) -> str:
 
 
 def _checked_query(plan: _Plan, relation: str) -> str:
-    """All rows, cast, with ``__hw_problems`` (sorted by check) and ``__hw_row``."""
-    ctes = [
-        _typed_cte(plan, relation),
-        f"__hw_checked AS (SELECT *, {_problems(plan.row_checks)} AS __hw_problems "
-        f"FROM __hw_typed)",
-    ]
-    last, order = "__hw_checked", ""
-    if plan.unique:
-        # The window regroups rows by key; put them back in input order.
-        ctes.append(_unique_cte(plan))
-        last, order = "__hw_unique", " ORDER BY __hw_n"
-    user = ", ".join(_ident(name) for name, _ in plan.input_columns)
-    with_clause = ",\n".join(ctes)
+    """All rows in input order, cast, with ``__hw_problems`` (sorted by check), ``__hw_row``
+    and what the uniqueness pass needs later; no window, sort or join, so it streams."""
+    extra = [*plan.kept_raws, *(["__hw_n"] if plan.numbered else [])]
+    user = [_ident(name) for name, _ in plan.input_columns]
     return (
-        f"WITH {with_clause}\n"
-        f"SELECT {user}{', ' if user else ''}__hw_n, list_sort(__hw_problems) AS __hw_problems, "
+        f"WITH {_typed_cte(plan, relation)},\n"
+        f"__hw_checked AS (SELECT *, {_problems(plan.row_checks)} AS __hw_problems "
+        f"FROM __hw_typed)\n"
+        f"SELECT {''.join(f'{c}, ' for c in [*user, *extra])}"
+        f"list_sort(__hw_problems) AS __hw_problems, "
         f"__hw_problems IS NOT NULL AS __hw_rejected, "
         f"CASE WHEN __hw_problems IS NOT NULL THEN {_original_row(plan)} END AS __hw_row "
-        f"FROM {last}{order}"
+        f"FROM __hw_checked"
     )
 
 
@@ -563,6 +547,120 @@ def _write_checked(
         ) from exc
 
 
+# --------------------------------------------------------------------------- the spill
+
+
+@dataclass(frozen=True)
+class _Spill:
+    """The checked rows on disk, and how to read them with their input row numbers."""
+
+    path: Path
+    numbered: bool
+    raws: tuple[str, ...]
+
+    @property
+    def scan(self) -> str:
+        # COPY keeps insertion order, so a row's place in the file is its place in the input.
+        option = "" if self.numbered else ", file_row_number = true"
+        return f"read_parquet({_sql_path(self.path)}{option})"
+
+    @property
+    def path_scan(self) -> str:
+        """The spill without row numbers, for what does not need them."""
+        return f"read_parquet({_sql_path(self.path)})"
+
+    @property
+    def row(self) -> str:
+        """SQL for the row's 1-based number in the input."""
+        return "__hw_n" if self.numbered else "(file_row_number + 1)"
+
+    @property
+    def rows(self) -> str:
+        """The spill with every row's number as ``__hw_n``, usable after FROM."""
+        number = "" if self.numbered else f", {self.row} AS __hw_n"
+        return f"(SELECT *{number} FROM {self.scan})"
+
+    @property
+    def internal(self) -> str:
+        """The spill's own columns, to leave out of the good rows."""
+        own = ["__hw_n" if self.numbered else "file_row_number", *self.raws]
+        return ", ".join([*own, "__hw_problems", "__hw_rejected", "__hw_row"])
+
+
+@dataclass(frozen=True)
+class _Losers:
+    """Rows ``unique`` rejects: ``__hw_loser`` (row number), ``__hw_dups`` (problems) and
+    ``__hw_rejected`` (already rejected by another check), in a small Parquet file."""
+
+    path: Path
+    count: int
+    fresh: int
+    """Losers that passed every other check: rejected by uniqueness alone."""
+    first: int
+    last: int
+
+    @property
+    def scan(self) -> str:
+        return f"read_parquet({_sql_path(self.path)})"
+
+    def excludes(self, row: str) -> str:
+        """SQL TRUE for a loser's row, as a bitmap lookup: a filter, unlike a join, keeps the
+        spill's order and its parallel scan."""
+        bitmap = f"(SELECT bitstring_agg(__hw_loser, {self.first}, {self.last}) FROM {self.scan})"
+        # CASE, not AND: DuckDB evaluates both sides of AND, and get_bit rejects bad indexes.
+        return (
+            f"(CASE WHEN {row} BETWEEN {self.first} AND {self.last} "
+            f"THEN get_bit({bitmap}, CAST({row} - {self.first} AS INTEGER)) = 1 ELSE false END)"
+        )
+
+
+def _unique_losers(plan: _Plan, spill: _Spill) -> str:
+    """Per ``unique`` column, the rows it rejects, found among the repeated keys only."""
+    selects = []
+    for index, col in plan.unique:
+        key = col.value
+        window = f"PARTITION BY {key} ORDER BY __hw_rejected, __hw_n"
+        message = _message(
+            _text(f"{col.name}: duplicate "),
+            _show(key, col.type),
+            _text(" (duplicate of row "),
+            "CAST(__hw_keep AS VARCHAR)",
+            _text(")"),
+        )
+        repeated = (
+            f"SELECT {key} FROM {spill.path_scan} WHERE {key} IS NOT NULL "
+            f"GROUP BY {key} HAVING count(*) > 1"
+        )
+        selects.append(
+            f"SELECT __hw_n AS __hw_loser, __hw_rejected, {_problem(index, message)} AS __hw_p "
+            f"FROM (SELECT __hw_n, {key}, __hw_rejected, "
+            f"row_number() OVER ({window}) AS __hw_dup, "
+            f"first_value(__hw_n) OVER ({window}) AS __hw_keep "
+            f"FROM {spill.rows} WHERE {key} IN ({repeated})) WHERE __hw_dup > 1"
+        )
+    return (
+        f"SELECT __hw_loser, any_value(__hw_rejected) AS __hw_rejected, "
+        f"list_sort(list(__hw_p)) AS __hw_dups FROM ({' UNION ALL '.join(selects)}) "
+        f"GROUP BY __hw_loser"
+    )
+
+
+def _write_losers(
+    con: duckdb.DuckDBPyConnection, plan: _Plan, spill: _Spill, target: Path
+) -> _Losers | None:
+    if not plan.unique:
+        return None
+    con.execute(f"COPY ({_unique_losers(plan, spill)}) TO {_sql_path(target)} (FORMAT parquet)")
+    count, fresh, first, last = con.sql(
+        f"SELECT count(*), count(*) FILTER (WHERE NOT __hw_rejected), "
+        f"min(__hw_loser), max(__hw_loser) FROM read_parquet({_sql_path(target)})"
+    ).fetchall()[0]
+    if not count:
+        target.unlink()
+        return None
+    return _Losers(target, int(count), int(fresh), int(first), int(last))
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -583,35 +681,39 @@ class ValidationResult:
     """Check name → the message of its first failing row, for error messages and the UI."""
 
 
-def _counts(con: duckdb.DuckDBPyConnection, spill: Path) -> tuple[int, int]:
+def _counts(
+    con: duckdb.DuckDBPyConnection, spill: _Spill, losers: _Losers | None
+) -> tuple[int, int]:
     rows = con.sql(
-        f"SELECT count(*), count(*) FILTER (WHERE __hw_rejected) "
-        f"FROM read_parquet({_sql_path(spill)})"
+        f"SELECT count(*), count(*) FILTER (WHERE __hw_rejected) FROM {spill.path_scan}"
     ).fetchall()
-    return int(rows[0][0]), int(rows[0][1])
+    return int(rows[0][0]), int(rows[0][1]) + (losers.fresh if losers else 0)
 
 
 def _failures(
-    con: duckdb.DuckDBPyConnection, spill: Path, names: list[str]
+    con: duckdb.DuckDBPyConnection, spill: _Spill, losers: _Losers | None, names: list[str]
 ) -> tuple[dict[str, int], dict[str, str]]:
+    problems = (
+        f"SELECT unnest(__hw_problems) AS p, __hw_n AS n FROM {spill.rows} WHERE __hw_rejected"
+    )
+    if losers:
+        problems += f" UNION ALL SELECT unnest(__hw_dups), __hw_loser FROM {losers.scan}"
     rows = con.sql(
-        f"SELECT p.c, count(*) AS n, arg_min(p.m, __hw_n) FROM ("
-        f"SELECT unnest(__hw_problems) AS p, __hw_n FROM read_parquet({_sql_path(spill)}) "
-        f"WHERE __hw_rejected) GROUP BY p.c ORDER BY n DESC, p.c"
+        f"SELECT p.c, count(*) AS n, arg_min(p.m, n) FROM ({problems}) "
+        f"GROUP BY p.c ORDER BY n DESC, p.c"
     ).fetchall()
     failures = {names[int(c)]: int(n) for c, n, _ in rows}
     examples = {names[int(c)]: str(m) for c, _, m in rows}
     return failures, examples
 
 
-def _good_relation(spill: Path) -> str:
-    return (
-        f"SELECT * EXCLUDE (__hw_n, __hw_problems, __hw_rejected, __hw_row) "
-        f"FROM read_parquet({_sql_path(spill)}) WHERE NOT __hw_rejected"
-    )
+def _good_relation(spill: _Spill, losers: _Losers | None) -> str:
+    unique = f" AND NOT {losers.excludes(spill.row)}" if losers else ""
+    return f"SELECT * EXCLUDE ({spill.internal}) FROM {spill.scan} WHERE NOT __hw_rejected{unique}"
 
 
 def _source_expr(plan: _Plan, step_id: str, source_column: str | None) -> str:
+    """SQL for a rejected row's ``_source``, over ``__hw_n`` and the input's columns."""
     fallback = f"{_text(f'{step_id}:row ')} || CAST(__hw_n AS VARCHAR)"
     names = [name for name, _ in plan.input_columns]
     column = source_column or ("_source" if "_source" in names else None)
@@ -622,20 +724,36 @@ def _source_expr(plan: _Plan, step_id: str, source_column: str | None) -> str:
     return f"coalesce(CAST({_ident(column)} AS VARCHAR), {fallback})"
 
 
+def _rejected_rows(plan: _Plan, spill: _Spill, losers: _Losers | None, source: str) -> str:
+    """Rejected rows, in input order: those the pass rejected, plus the ``unique`` losers."""
+    columns = f"__hw_n, __hw_problems, __hw_row, {source} AS __hw_source"
+    if losers is None:
+        return f"SELECT {columns} FROM {spill.rows} WHERE __hw_rejected"
+    dups = f"(SELECT __hw_loser, __hw_dups FROM {losers.scan}"
+    both = (
+        f"SELECT * REPLACE (list_sort(list_concat(__hw_problems, coalesce(__hw_dups, []))) "
+        f"AS __hw_problems) FROM (FROM {spill.rows} WHERE __hw_rejected) "
+        f"LEFT JOIN {dups}) ON __hw_n = __hw_loser"
+    )
+    # Losers that passed every other check have no __hw_row yet; only they are read whole.
+    alone = (
+        f"SELECT * REPLACE (__hw_dups AS __hw_problems, {_original_row(plan)} AS __hw_row) "
+        f"FROM (FROM {spill.rows} WHERE NOT __hw_rejected) "
+        f"JOIN {dups} WHERE NOT __hw_rejected) ON __hw_n = __hw_loser"
+    )
+    return (
+        f"SELECT {columns} FROM ({both}) UNION ALL SELECT {columns} FROM ({alone}) ORDER BY __hw_n"
+    )
+
+
 def _write_rejected(
-    con: duckdb.DuckDBPyConnection,
-    spill: Path,
-    target: Path,
-    source: str,
-    run_id: str,
-    step_id: str,
+    con: duckdb.DuckDBPyConnection, rows: str, target: Path, run_id: str, step_id: str
 ) -> None:
     con.execute(
         f"COPY (SELECT {_text(run_id)} AS _run_id, {_text(step_id)} AS _step, "
-        f"{source} AS _source, "
+        f"__hw_source AS _source, "
         f"array_to_string(list_transform(__hw_problems, lambda p: p.m), '; ') AS _error, "
-        f"__hw_row AS _row FROM read_parquet({_sql_path(spill)}) WHERE __hw_rejected) "
-        f"TO {_sql_path(target)} (FORMAT parquet)"
+        f"__hw_row AS _row FROM ({rows})) TO {_sql_path(target)} (FORMAT parquet)"
     )
 
 
@@ -691,17 +809,18 @@ def validate_relation(
     plan = _plan(_input_columns(con, relation, step_id), config, step_id)
     source = _source_expr(plan, step_id, source_column)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spill = out_dir / f"{step_id}.validated.parquet"
-    _write_checked(con, plan, relation, spill, step_id)
-    rows_in, rejected = _counts(con, spill)
-    failures, examples = _failures(con, spill, plan.names) if rejected else ({}, {})
-    result = ValidationResult(
-        _good_relation(spill), rows_in, rows_in - rejected, rejected, None, failures, examples
-    )
+    spill = _Spill(out_dir / f"{step_id}.validated.parquet", plan.numbered, tuple(plan.kept_raws))
+    _write_checked(con, plan, relation, spill.path, step_id)
+    losers = _write_losers(con, plan, spill, out_dir / f"{step_id}.duplicates.parquet")
+    rows_in, rejected = _counts(con, spill, losers)
+    failures, examples = _failures(con, spill, losers, plan.names) if rejected else ({}, {})
+    good = _good_relation(spill, losers)
+    result = ValidationResult(good, rows_in, rows_in - rejected, rejected, None, failures, examples)
     _enforce(result, config, step_id)
     if rejected and config.on_error == "quarantine":
         result.rejected_path = out_dir / f"{step_id}.rejected.parquet"
-        _write_rejected(con, spill, result.rejected_path, source, run_id, step_id)
+        rows = _rejected_rows(plan, spill, losers, source)
+        _write_rejected(con, rows, result.rejected_path, run_id, step_id)
     return result
 
 
