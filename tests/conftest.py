@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +85,20 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     return subprocess.run([sys.executable, "-m", "headwater.cli.main", *args], cwd=cwd,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Any]]:
+    """Start real ``headwater serve`` processes; each is killed at the end of the test."""
+    from tests.test_serve import Served
+
+    started: list[Served] = []
+
+    def start(root: Path, **kwargs: Any) -> Served:
+        server = Served(root, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(signal.SIGKILL)

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,18 +60,6 @@ class Served:
         return code
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., Served]]:
-    started: list[Served] = []
-
-    def start(root: Path, **kwargs: Any) -> Served:
-        server = Served(root, **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop(signal.SIGKILL)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:

@@ -98,3 +98,17 @@ def test_relative_sqlite_path_is_relative_to_project(tmp_path: Path) -> None:
     store.create_run("p")
     store.close()
     assert (tmp_path / ".headwater" / "x.db").is_file()
+
+
+def test_migrations_match_the_tables(store_url: str) -> None:
+    """A store migrated to head has exactly the tables and indexes schema.py declares."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from headwater.store.schema import metadata
+
+    store = Store(store_url)
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    store.close()
+    assert [] == diff

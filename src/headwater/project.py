@@ -145,7 +145,7 @@ class Project:
     def queue(self, pipeline: str, params: Mapping[str, Any] | None = None, *,
               trigger: str = "manual", trigger_info: Mapping[str, Any] | None = None,
               from_step: str | None = None, window: tuple[datetime, datetime] | None = None,
-              ) -> str:
+              _status: str = "queued") -> str:
         """Queue a run (a server will pick it up); returns its id."""
         pf = self.runtime.pipeline(pipeline)
         values = coerce_params(pf.config.params, params or {}, pipeline)
@@ -154,7 +154,8 @@ class Project:
             parent, reuse = self._reuse_for(pipeline, from_step)
         return self.runtime.store.create_run(
             pipeline, trigger=trigger, trigger_info=trigger_info, params=values,
-            parent_run_id=parent, from_step=from_step, reuse_steps=reuse, window=window)
+            parent_run_id=parent, from_step=from_step, reuse_steps=reuse, window=window,
+            status=_status)
 
     def run(self, pipeline: str, params: Mapping[str, Any] | None = None, *,
             from_step: str | None = None, trigger: str = "manual",
@@ -162,7 +163,7 @@ class Project:
             observer: Observer | None = None) -> Run:
         """Run a pipeline now, in this process, and return the finished run."""
         run_id = self.queue(pipeline, params, trigger=trigger, trigger_info=trigger_info,
-                            from_step=from_step)
+                            from_step=from_step, _status="running")
         return self.execute(run_id, observer)
 
     def execute(self, run_id: str, observer: Observer | None = None) -> Run:
@@ -206,7 +207,8 @@ class Project:
                           **(old["trigger_info"] or {})},
             params=old["params"], parent_run_id=old["id"],
             from_step=old["failed_step"] if from_failed else None, reuse_steps=reuse,
-            window=(old["window_start"], old["window_end"]) if old["window_start"] else None)
+            window=(old["window_start"], old["window_end"]) if old["window_start"] else None,
+            status="running")
         return self.execute(new_id, observer)
 
     def cancel(self, run_id: str) -> str:

@@ -350,7 +350,7 @@ class RunEngine:
             started = time.perf_counter()
             try:
                 output = step_function(kind)(ctx, step)
-            except Exception as exc:  # every failure is recorded, then raised
+            except (Exception, SystemExit) as exc:  # every failure is recorded, then raised
                 seconds = time.perf_counter() - started
                 message = _blame_lazy_source(exc, lazy, self.project) or \
                     _describe(step, kind, exc, ctx)

@@ -62,6 +62,7 @@ runs = Table(
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Index("ix_runs_pipeline_seq", "pipeline", "seq"),
     Index("ix_runs_status", "status"),
+    Index("ix_runs_status_seq", "status", "seq"),  # claims: oldest queued run first
 )
 
 step_runs = Table(
@@ -130,6 +131,7 @@ dataset_versions = Table(
     Column("notes", JSON, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("dataset", "delta_version", name="uq_dataset_delta_version"),
+    Index("ix_dataset_versions_created", "created_at"),  # the dataset trigger's poll
 )
 
 incremental_state = Table(

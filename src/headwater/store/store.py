@@ -9,6 +9,7 @@ store from the Delta log if a crash fell between the two. Never import the engin
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import threading
 import time
@@ -170,6 +171,9 @@ class Store:
             "window_end": window[1] if window else None,
             "created_at": now,
             "started_at": now if status == "running" else None,
+            # a run executed right here is born running and alive, so no server claims it
+            "heartbeat_at": now if status == "running" else None,
+            "worker": f"local:{os.getpid()}" if status == "running" else None,
             "cancel_requested": False,
         }
         for _ in range(20):
