@@ -125,3 +125,24 @@ def test_stats_and_drift_are_recorded(make_project: ProjectFactory) -> None:
         assert 600 == stats["rows"]
         assert stats["columns"]
         assert stats["drift"] is not None
+
+
+def test_large_versions_sample_distributions_but_keep_exact_facts(
+        make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the sample size, rows, nulls, min and max stay exact (from the Delta log);
+    the rest is estimated from a sample the document declares."""
+    import headwater.datasets.version_stats as version_stats
+
+    monkeypatch.setattr(version_stats, "SAMPLE_ROWS", 500)
+    root = make_project({"p": _pipeline("mode: append")})
+    lines = [f"{i},{'' if i % 10 == 0 else i * 0.5}\n" for i in range(20_000)]
+    write(root / "landing/a.csv", "id,v\n" + "".join(lines))
+    with hw.Project(root) as project:
+        assert _run(project).ok
+        stats = project.dataset("d").stats(1)
+    columns = stats["columns"]
+    assert 20_000 == stats["rows"]
+    assert (0, 19_999) == (columns["id"]["min"], columns["id"]["max"])
+    assert 2_000 == columns["v"]["nulls"]
+    assert 0.5 == columns["v"]["min"]
+    assert columns["v"]["sampled"]

@@ -44,6 +44,8 @@ from headwater.connectors.fsspec_util import (
     url_protocol,
 )
 from headwater.exceptions import ConfigError, HeadwaterError, TerminalSourceError
+from headwater.sqltext import ident as sql_ident
+from headwater.sqltext import text as sql_string
 from headwater.steps.base import REJECTED_COLUMNS
 
 if TYPE_CHECKING:
@@ -265,16 +267,6 @@ def _hints(spec: FilesSource) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- SQL text
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal: single quotes doubled, so any path is safe inside it."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def sql_ident(name: str) -> str:
-    """A quoted SQL identifier: double quotes doubled."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _sql_list(values: Sequence[str]) -> str:

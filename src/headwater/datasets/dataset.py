@@ -92,8 +92,10 @@ class Dataset:
     def stats(self, version: int | None = None) -> dict[str, Any]:
         """Per-column statistics of a version (and its drift against the one before)."""
         record = self.record(version)
+        doc = record.get("stats") or {}
         return {"version": record["version"], "rows": record["rows_total"],
-                "columns": record.get("stats") or {}, "drift": record.get("drift")}
+                "columns": doc.get("columns", {}), "sampled_rows": doc.get("sampled_rows"),
+                "drift": record.get("drift")}
 
     def lineage(self, version: int | None = None) -> dict[str, Any]:
         """What produced a version: run, pipeline, code, trigger, inputs and sources."""

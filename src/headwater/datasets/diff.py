@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from headwater.datasets import delta
-from headwater.datasets.publish import quote
 from headwater.exceptions import HeadwaterError
+from headwater.sqltext import ident as quote
 
 if TYPE_CHECKING:
     import pyarrow as pa

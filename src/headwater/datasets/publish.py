@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from headwater.datasets import delta
 from headwater.exceptions import PublishError
+from headwater.sqltext import ident as quote
 from headwater.store.store import Store
 
 # DuckDB types Delta cannot store, and what they become on the way in.
@@ -38,10 +39,6 @@ _NORMALISE = {
     "TIMESTAMP_MS": "TIMESTAMP",
     "TIMESTAMP_S": "TIMESTAMP",
 }
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def normalised_select(con: Any, relation: str) -> str:

@@ -23,10 +23,11 @@ This module must never import the engine, the server or the CLI.
 from __future__ import annotations
 
 import math
-import re
 
 from headwater.config.models import SplitConfig
 from headwater.exceptions import ConfigError
+from headwater.sqltext import ident as _ident
+from headwater.sqltext import subquery as _subquery
 
 SPLITS = ("train", "validation", "test")
 """The values of ``_split``, in the order the ratios cut the unit interval."""
@@ -35,16 +36,6 @@ SPLIT_COLUMN = "_split"
 
 _BITS = 52
 """Digest bits read as the fraction: a double holds them exactly."""
-_NAME = re.compile(r'^(?:[A-Za-z_][\w$]*|"(?:[^"]|"")+")(?:\.(?:[A-Za-z_][\w$]*|"(?:[^"]|"")+"))*$')
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _subquery(relation: str) -> str:
-    text = relation.strip().rstrip(";")
-    return f"(FROM {text})" if _NAME.match(text) else f"({text})"
 
 
 def split_columns(config: SplitConfig) -> list[str]:

@@ -53,7 +53,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +62,9 @@ from typing import Any
 import duckdb
 
 from headwater.exceptions import StepError
+from headwater.sqltext import ident as _ident
+from headwater.sqltext import subquery as _subquery
+from headwater.sqltext import text as _text
 
 TOP_K = 20
 QUANTILES = {
@@ -96,20 +98,6 @@ _INTEGERS = {
 _FLOATS = {"FLOAT", "DOUBLE"}
 _CATEGORICAL = {"VARCHAR", "BOOLEAN", "UUID"}
 _TEMPORAL_PREFIXES = ("DATE", "TIME", "TIMESTAMP")
-_NAME = re.compile(r'^(?:[A-Za-z_][\w$]*|"(?:[^"]|"")+")(?:\.(?:[A-Za-z_][\w$]*|"(?:[^"]|"")+"))*$')
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _subquery(relation: str) -> str:
-    text = relation.strip().rstrip(";")
-    return f"(FROM {text})" if _NAME.match(text) else f"({text})"
 
 
 def column_kind(duck_type: str) -> str:

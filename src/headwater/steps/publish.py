@@ -21,11 +21,11 @@ from headwater.datasets.publish import (
     VersionFacts,
     normalised_select,
     publish_reader,
-    quote,
 )
 from headwater.exceptions import HeadwaterError, PublishError, StepError
+from headwater.sqltext import ident as quote
+from headwater.sqltext import text as sql_string
 from headwater.steps.base import REJECTED_COLUMNS, StepContext, StepOutput, register
-from headwater.steps.spill import sql_string
 
 if TYPE_CHECKING:
     from headwater.runtime import ProjectRuntime
@@ -140,18 +140,12 @@ def _stats_fn(ctx: StepContext, config: PublishConfig, previous: dict[str, Any] 
     """Per-version column statistics and drift against the previous version."""
 
     def compute(table: Any, _dv: int) -> tuple[Any, Any]:
-        try:
-            from headwater.datasets.drift import compute_drift, exceeds
-            from headwater.datasets.stats import column_stats
-        except ImportError:  # pragma: no cover
-            return None, None
-        files = delta.files_of(table)
-        if not files:
-            return {}, None
-        con = ctx.cursor()
-        listing = ", ".join(sql_string(f) for f in files)
-        stats = column_stats(con, f"SELECT * FROM read_parquet([{listing}], union_by_name=true)",
-                             reference=previous)
+        from headwater.datasets.drift import compute_drift, exceeds
+        from headwater.datasets.version_stats import version_stats
+
+        stats = version_stats(ctx.cursor(), table, reference=previous)
+        if not stats.get("columns"):
+            return stats, None
         drift = compute_drift(previous, stats) if previous else None
         if drift and config.drift is not None:
             over = exceeds(drift, config.drift)

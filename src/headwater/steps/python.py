@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from headwater.config.models import PythonStep
 from headwater.exceptions import ConfigError, StepError
+from headwater.sqltext import text as sql_string
 from headwater.steps.base import StepContext, StepOutput, register
-from headwater.steps.spill import sql_string
 
 _IMPORT_LOCK = threading.Lock()
 

@@ -18,8 +18,8 @@ from headwater.config.models import DatasetSource, FilesSource, SourceStep
 from headwater.connectors import files as fileconn
 from headwater.datasets import delta
 from headwater.exceptions import ConfigError, HeadwaterError, TerminalSourceError
+from headwater.sqltext import text as sql_string
 from headwater.steps.base import StepContext, StepOutput, register, state_key
-from headwater.steps.spill import sql_string
 
 
 @register("source")

@@ -9,11 +9,8 @@ from __future__ import annotations
 import duckdb
 
 from headwater.exceptions import StepError
+from headwater.sqltext import text as sql_string
 from headwater.steps.base import StepContext, StepOutput
-
-
-def sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def spill(ctx: StepContext, query: str, name: str | None = None) -> StepOutput:

@@ -40,6 +40,9 @@ import duckdb
 
 from headwater.config.models import ColumnCheck, ValidateConfig, ValidateStep
 from headwater.exceptions import ConfigError, StepError, ValidationError
+from headwater.sqltext import ident as _ident
+from headwater.sqltext import subquery as _subquery
+from headwater.sqltext import text as _text
 from headwater.steps.base import StepContext, StepOutput, register
 
 # --------------------------------------------------------------------------- types
@@ -103,7 +106,6 @@ _NATIVE_TYPES = _NUMERIC_TYPES | {
 }
 _TEXT_TYPES = frozenset({"VARCHAR", "JSON"})
 _DECIMAL = re.compile(r"^\s*(?:decimal|numeric)\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*$", re.IGNORECASE)
-_NAME = re.compile(r'^(?:[A-Za-z_][\w$]*|"(?:[^"]|"")+")(?:\.(?:[A-Za-z_][\w$]*|"(?:[^"]|"")+"))*$')
 """A bare (possibly qualified) table or view name, as opposed to a query."""
 _SHOWN = 80
 """Longest value quoted in an error message; the full row is in ``_row``."""
@@ -134,14 +136,6 @@ def _is_numeric(duck_type: str) -> bool:
 # --------------------------------------------------------------------------- SQL text
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _literal(value: Any) -> str:
     """A SQL literal for a YAML scalar; anything but bool and numbers goes in as text."""
     if isinstance(value, bool):
@@ -151,12 +145,6 @@ def _literal(value: Any) -> str:
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else f"CAST({_text(repr(value))} AS DOUBLE)"
     return _text(str(value))
-
-
-def _subquery(relation: str) -> str:
-    """``relation`` usable after FROM: a view name or a query, parenthesised."""
-    text = relation.strip().rstrip(";")
-    return f"(FROM {text})" if _NAME.match(text) else f"({text})"
 
 
 def _display(value: Any) -> str:
