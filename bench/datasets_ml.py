@@ -14,7 +14,7 @@ Three measurements, each against its own baseline, on generated deterministic da
                        and (b) a `mode: merge, key: [order_id]` publish of a CSV holding 1 %
                        changed rows (half updates of existing keys, half inserts).
                        Target: b / a <= 25 %.
-  3. stats + drift     column_stats (with the previous version as reference) + compute_drift
+  3. stats + drift     version_stats (with the previous version as reference) + compute_drift
                        on the version (a) published, timed in-process with the functions the
                        publish step calls, against that publish step's `seconds` in the
                        store's step_runs table. Target: <= 15 %.
@@ -348,15 +348,15 @@ def stats_child(project: Path, repeat: int) -> dict[str, Any]:
 
 def child_stats(project: Path, repeat: int) -> None:
     """Time what the publish step's stats function does, on the newest version of orders:
-    column_stats over its files with the previous version's stats as reference, then
-    compute_drift. Prints one JSON line."""
+    version_stats (exact facts from the Delta log, distributions from a sample past 200k
+    rows) with the previous version's stats as reference, then compute_drift. Prints one
+    JSON line."""
     import duckdb
 
     from headwater.datasets import delta
     from headwater.datasets.drift import compute_drift
-    from headwater.datasets.stats import column_stats
+    from headwater.datasets.version_stats import version_stats
     from headwater.runtime import ProjectRuntime
-    from headwater.steps.spill import sql_string
 
     runtime = ProjectRuntime.load(project)
     versions = runtime.store.versions("orders")
@@ -371,9 +371,7 @@ def child_stats(project: Path, repeat: int) -> None:
         con = duckdb.connect()
         started = time.perf_counter()
         files = delta.files_of(table)
-        listing = ", ".join(sql_string(f) for f in files)
-        stats = column_stats(con, f"SELECT * FROM read_parquet([{listing}], "
-                             "union_by_name=true)", reference=previous)
+        stats = version_stats(con, table, reference=previous)
         drift = compute_drift(previous, stats)
         seconds.append(time.perf_counter() - started)
         con.close()
