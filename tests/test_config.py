@@ -137,3 +137,18 @@ def test_garbage_durations_are_refused(text: str) -> None:
     except ValueError:
         return
     assert value >= 0
+
+
+def test_step_kinds_not_built_yet_are_reported(make_project: ProjectFactory) -> None:
+    """``check`` says plainly which declared step kinds this version cannot run."""
+    root = make_project({"p": """
+    name: p
+    steps:
+      - id: call
+        http: {url: "http://127.0.0.1:9/x"}
+      - id: child
+        run_pipeline: other
+    """})
+    messages = sorted(str(p["message"]) for p in _problems(root))
+    assert ["step kind 'http' is not available yet",
+            "step kind 'run_pipeline' is not available yet"] == messages

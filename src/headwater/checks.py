@@ -15,8 +15,10 @@ from headwater.config.loader import PROJECT_FILE, PipelineFile
 from headwater.config.models import (
     DatasetSource,
     FilesSource,
+    HttpStep,
     PublishStep,
     PythonStep,
+    RunPipelineStep,
     SourceStep,
     SqlStep,
 )
@@ -80,6 +82,9 @@ def _references(runtime: ProjectRuntime, pf: PipelineFile,
             if not isinstance(source, FilesSource | DatasetSource):
                 out.append(_problem(pf, (*loc, "source", "type"),
                                     f"source type {source.type!r} is not available yet"))
+        if isinstance(step, HttpStep | RunPipelineStep):
+            key = "http" if isinstance(step, HttpStep) else "run_pipeline"
+            out.append(_problem(pf, (*loc, key), f"step kind {key!r} is not available yet"))
         if isinstance(step, PythonStep):
             module = step.python.split(":")[0]
             rel = module.replace(".", "/")
