@@ -99,3 +99,20 @@ def test_secret_never_printed(make_project: ProjectFactory) -> None:
     assert 2 == result.returncode
     assert "cannot open the metadata store" in result.stderr
     assert "pw-123456789" not in result.stderr + result.stdout
+
+
+def test_a_step_ignoring_its_timeout_is_abandoned(make_project: ProjectFactory) -> None:
+    """Python code that sleeps through its timeout fails the run, and the command still
+    exits (1) instead of waiting for the thread."""
+    root = make_project({"p": """
+    name: p
+    steps:
+      - id: stuck
+        python: transforms.t:stuck
+        timeout: 300ms
+    """}, {"transforms/__init__.py": "",
+           "transforms/t.py": "import time\n\ndef stuck():\n    time.sleep(60)\n"})
+    result = run_cli("run", "p", "--project", str(root), env={"HEADWATER_ABANDON_GRACE": "1"},
+                     timeout=40)
+    assert 1 == result.returncode
+    assert "abandoned" in result.stderr

@@ -7,6 +7,7 @@ fast. Errors print one actionable message to stderr, never a traceback, never a 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -421,7 +422,19 @@ def main() -> None:
     import logging
 
     logging.getLogger("openlineage").setLevel(logging.WARNING)
-    app()
+    code = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (1 if exc.code else 0)
+    runner = sys.modules.get("headwater.engine.runner")
+    if runner is not None and runner.ABANDONED.is_set():
+        # a step's code ignored its timeout: Python cannot stop that thread, and the
+        # interpreter would wait for it forever at exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

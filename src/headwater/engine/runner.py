@@ -42,6 +42,10 @@ Observer = Callable[[str, Mapping[str, Any]], None]
 """Receives ``(event, fields)``: run_started, step_started, step_finished, log, run_finished."""
 
 _NO_RETRY = (ConfigError, ValidationError, TerminalSourceError)
+ABANDON_GRACE = float(os.environ.get("HEADWATER_ABANDON_GRACE", "10"))
+"""Seconds an interrupted step gets to return before the run stops waiting for it."""
+ABANDONED = threading.Event()
+"""Set once any step thread was abandoned: the CLI then exits without joining it."""
 HEARTBEAT_SECONDS = float(os.environ.get("HEADWATER_HEARTBEAT_SECONDS", "5"))
 """How often a running run proves it is alive; a server's lease is several beats."""
 
@@ -59,6 +63,7 @@ class StepFailure(Exception):
 class _Attempt:
     ctx: RunContext | None = None
     deadline: float | None = None
+    interrupted_at: float | None = None
 
 
 @dataclass
@@ -288,6 +293,11 @@ class RunEngine:
             if now - cancel_checked > 0.5:
                 cancel_checked = now
                 self._check_cancel_and_timeouts(running)
+                for future in self._abandoned(running):
+                    sid = running.pop(future)
+                    self.state.failure = self.state.failure or StepFailure(
+                        sid, f"step '{sid}' did not stop within {ABANDON_GRACE:g}s of being "
+                             "interrupted (its code ignores interrupts); abandoned")
         for sid in pending:
             self.store.record_step(self.run_id, sid, dag.kind(sid), "skipped")
         if self.cancel_event.is_set() and self.state.failure is None:
@@ -307,6 +317,22 @@ class RunEngine:
             if attempt and attempt.deadline and now > attempt.deadline and attempt.ctx \
                     and attempt.ctx.interrupted is None:
                 attempt.ctx.interrupt("timeout")
+
+    def _abandoned(self, running: Mapping[Future[StepOutput], str]) -> list[Future[StepOutput]]:
+        """Steps interrupted (timeout, cancel) whose code still has not returned: Python
+        cannot stop a thread, so the run stops waiting for them."""
+        now = time.monotonic()
+        out = []
+        for future, sid in running.items():
+            attempt = self.state.attempts.get(sid)
+            if attempt is None or attempt.ctx is None or attempt.ctx.interrupted is None:
+                continue
+            if attempt.interrupted_at is None:
+                attempt.interrupted_at = now
+            elif now - attempt.interrupted_at > ABANDON_GRACE:
+                ABANDONED.set()
+                out.append(future)
+        return out
 
     def _accept(self, dag: Plan, db: Any, sid: str, output: StepOutput) -> None:
         """Record a finished step's output: a view by its id, and its merged lineage."""
