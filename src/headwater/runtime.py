@@ -47,11 +47,14 @@ class ProjectRuntime:
     _pipelines: dict[str, PipelineFile] | None = None
     _store: Store | None = None
     _problems: list[ConfigError] = field(default_factory=list)
+    _warehouse_registered: bool = False
 
     @classmethod
     def load(cls, root: Path | str | None = None) -> ProjectRuntime:
         folder = find_root(Path(root) if root is not None else None)
-        return cls(root=folder, config=load_project_config(folder))
+        runtime = cls(root=folder, config=load_project_config(folder))
+        _ = runtime.warehouse  # a remote warehouse's credentials are needed by every read
+        return runtime
 
     # ----------------------------------------------------------------- pipelines
 
@@ -118,11 +121,26 @@ class ProjectRuntime:
         """The warehouse as an absolute local path or an fsspec URL."""
         value = self.config.warehouse
         if "://" in value:
+            self._register_warehouse(value.rstrip("/"))
             return value.rstrip("/")
         path = Path(value).expanduser()
         if not path.is_absolute():
             path = self.root / path
         return str(path.resolve())
+
+    def _register_warehouse(self, url: str) -> None:
+        """Make the remote warehouse's credentials known to the Delta boundary (once)."""
+        if self._warehouse_registered:
+            return
+        from headwater.datasets.delta import register_location
+        from headwater.datasets.locations import warehouse_location
+
+        name = self.config.warehouse_connection
+        settings = self.connection(name) if name else None
+        location = warehouse_location(url, settings)
+        if location is not None:
+            register_location(location)
+        self._warehouse_registered = True
 
     def dataset_uri(self, name: str) -> str:
         return f"{self.warehouse}/{name}"

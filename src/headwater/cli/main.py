@@ -427,14 +427,14 @@ def main() -> None:
         app()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (1 if exc.code else 0)
-    runner = sys.modules.get("headwater.engine.runner")
-    if runner is not None and runner.ABANDONED.is_set():
-        # a step's code ignored its timeout: Python cannot stop that thread, and the
-        # interpreter would wait for it forever at exit
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    # Leave without the interpreter's teardown: native libraries (delta-rs's object-store
+    # runtime, deltalake#2184) can abort while unloading, which would replace the true exit
+    # code; and a step thread that ignored its timeout would be waited for forever. Every
+    # state change is already committed, so nothing is lost by skipping atexit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

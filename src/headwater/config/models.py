@@ -98,6 +98,8 @@ class ProjectConfig(Model):
     name: str = Field(min_length=1)
     store: str = "sqlite:///.headwater/headwater.db"
     warehouse: str = "./warehouse"
+    warehouse_connection: str | None = None
+    """The connection whose credentials reach a warehouse on az:// (or another fsspec URL)."""
     executor: ExecutorConfig = LocalExecutorConfig()
     max_concurrent_runs: int = Field(default=4, ge=1)
     lineage: LineageConfig | None = None

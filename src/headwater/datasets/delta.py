@@ -22,6 +22,56 @@ from headwater.exceptions import NotFoundError, PublishError
 META_PREFIX = "headwater."
 
 
+@dataclass(frozen=True)
+class Location:
+    """How to reach a remote warehouse: options for delta-rs and for fsspec (readers)."""
+
+    prefix: str
+    delta_options: Mapping[str, str]
+    fsspec_options: Mapping[str, Any]
+
+
+_LOCATIONS: dict[str, Location] = {}
+
+
+def register_location(location: Location) -> None:
+    """Remember the credentials of a warehouse prefix (the project does it on load).
+
+    Every Delta call below looks its URI up here, so callers pass URIs only and secrets
+    stay out of signatures, logs and the store.
+    """
+    _LOCATIONS[location.prefix.rstrip("/")] = location
+
+
+def location_of(uri: str) -> Location | None:
+    for prefix, location in _LOCATIONS.items():
+        if uri == prefix or uri.startswith(prefix + "/"):
+            return location
+    return None
+
+
+def _options(uri: str, given: Mapping[str, str] | None) -> dict[str, str] | None:
+    if given:
+        return dict(given)
+    location = location_of(uri)
+    return dict(location.delta_options) if location is not None else None
+
+
+def register_readers(con: Any, uri: str) -> None:
+    """Let a DuckDB connection read the Parquet files of a remote dataset (fsspec)."""
+    location = location_of(uri)
+    if location is None:
+        return
+    from headwater.connectors.fsspec_util import register_filesystem
+
+    register_filesystem(con, uri, location.fsspec_options)
+
+
+def parquet_path(file_uri: str) -> str:
+    """A data file's URI as DuckDB and pyarrow read it (local files lose ``file://``)."""
+    return file_uri.removeprefix("file://")
+
+
 def delta_version_of(version: int) -> int:
     return version - 1
 
@@ -41,7 +91,7 @@ def open_table(uri: str, version: int | None = None,
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        table = DeltaTable(uri, storage_options=dict(storage_options or {}) or None)
+        table = DeltaTable(uri, storage_options=_options(uri, storage_options))
         if version is not None:
             table.load_as_version(delta_version_of(version))
         return table
@@ -126,7 +176,7 @@ def write(uri: str, data: pa.RecordBatchReader, *, mode: str, app: str,
             schema_mode=("merge" if evolve and mode == "append" else
                          "overwrite" if evolve and mode == "overwrite" else None),
             commit_properties=commit_properties(app, metadata),
-            storage_options=dict(storage_options or {}) or None,
+            storage_options=_options(uri, storage_options),
         )
     except Exception as exc:
         raise PublishError(f"writing {uri} failed: {_first_line(exc)}") from exc
@@ -206,9 +256,22 @@ def read_arrow(table: Any, columns: Sequence[str] | None = None,
     if parts:
         partitioning = pads.partitioning(pa.schema([schema.field(p) for p in parts]),
                                          flavor="hive")
+    filesystem = None
+    base = str(table.table_uri).removeprefix("file://")
+    location = location_of(str(table.table_uri))
+    if location is not None:  # a remote warehouse: read through fsspec
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        from headwater.connectors.fsspec_util import open_filesystem
+
+        fs, _ = open_filesystem(files[0], location.fsspec_options)
+        filesystem = PyFileSystem(FSSpecHandler(fs))
+        files = [f.split("://", 1)[1] for f in files]
+        base = base.split("://", 1)[1]
+    else:
+        files = [parquet_path(f) for f in files]
     dataset = pads.dataset(files, format="parquet", partitioning=partitioning,
-                           partition_base_dir=str(table.table_uri).removeprefix("file://"),
-                           schema=schema)
+                           partition_base_dir=base, schema=schema, filesystem=filesystem)
     result = dataset.to_table(columns=list(columns) if columns else None)
     return result
 

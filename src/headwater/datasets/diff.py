@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def _relation(ds: Dataset, version: int) -> tuple[str, pa.Schema]:
     table = ds._table(version)
-    files = [f.removeprefix("file://") for f in delta.files_of(table)]
+    files = [delta.parquet_path(f) for f in delta.files_of(table)]
     schema = delta.arrow_schema(table)
     if not files:
         cols = ", ".join(f"NULL AS {quote(f.name)}" for f in schema) or "NULL AS _empty"
@@ -51,6 +51,7 @@ def diff_versions(ds: Dataset, a: int, b: int) -> dict[str, Any]:
                     for c in common)
     try:
         with duckdb.connect() as con:
+            delta.register_readers(con, ds.uri)
             con.execute(f"CREATE VIEW a AS SELECT {sel} FROM ({rel_a})")
             con.execute(f"CREATE VIEW b AS SELECT {sel} FROM ({rel_b})")
             added, removed, changed = _counts(con, key, common)

@@ -125,7 +125,8 @@ def _dataset(ctx: StepContext, source: DatasetSource) -> StepOutput:
         raise TerminalSourceError(f"dataset {source.dataset!r} has no Delta table at {uri}")
     files = delta.files_of(table)
     if files:
-        listing = ", ".join(sql_string(f.removeprefix("file://")) for f in files)
+        delta.register_readers(ctx.cursor(), uri)
+        listing = ", ".join(sql_string(delta.parquet_path(f)) for f in files)
         hive = "true" if delta.partition_columns(table) else "false"
         relation = (f"SELECT * FROM read_parquet([{listing}], union_by_name=true, "
                     f"hive_partitioning={hive})")
