@@ -52,11 +52,11 @@ demo: install
 	else \
 		$(HEADWATER) init $(DEMO_DIR); \
 	fi
-	$(HEADWATER) run $(DEMO_PIPELINE) --project $(DEMO_DIR)
+	$(HEADWATER) run $(DEMO_PIPELINE) --project $(DEMO_DIR) --log-format human
 	$(HEADWATER) datasets --project $(DEMO_DIR)
 	@echo
-	@echo "Open the UI:  $(HEADWATER) serve --project $(DEMO_DIR)"
-	@echo "         then http://127.0.0.1:8765"
+	@echo "Start the server (triggers, runner, API):  $(HEADWATER) serve --project $(DEMO_DIR)"
+	@echo "         then http://127.0.0.1:8765/api/docs (the web UI is not built yet)"
 
 # ---------------------------------------------------------------------------- checks
 
