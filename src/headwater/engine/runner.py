@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from typing import Any
 
 from headwater.config.models import StepBase, step_kind
 from headwater.config.secrets import REDACTOR
+from headwater.engine import duckdb_pool
 from headwater.engine.context import RunContext
 from headwater.engine.executor import Executor, make_executor
 from headwater.engine.plan import Plan, plan
@@ -146,14 +146,7 @@ class RunEngine:
             self.lineage.start(self.store.run(self.run_id), [])
         workdir = self.project.runs_dir / self.run_id
         workdir.mkdir(parents=True, exist_ok=True)
-        import duckdb
-
-        db = duckdb.connect(config={
-            "temp_directory": str(workdir / "tmp"),
-            # bounded memory whatever the input size: DuckDB spills past this
-            "memory_limit": os.environ.get("HEADWATER_DUCKDB_MEMORY", "512MB"),
-        })
-        db.execute("SET enable_progress_bar = false")  # DuckDB must not draw on our stderr
+        db = duckdb_pool.acquire(self.project.root / ".headwater" / "spill")
         executor = make_executor(self.project.config.executor)
         self.project.import_path()
         beat = threading.Thread(target=self._heartbeat, name="hw-heartbeat", daemon=True)
@@ -173,13 +166,15 @@ class RunEngine:
         finally:
             self._stopped.set()
             executor.shutdown(wait=self.state.failure is None)
-            db.close()
+            if self.state.failure is None:
+                duckdb_pool.release(db)
+            else:
+                db.close()  # a failed step may still be running in an abandoned thread
         if self.state.failure is not None:
             status = "cancelled" if self.cancel_event.is_set() else "failed"
             self._finish(status, self.state.failure.message, self.state.failure.step_id or None)
         else:
             self._finish("succeeded", None, None)
-            shutil.rmtree(workdir / "tmp", ignore_errors=True)
         self._lineage_end(merge_outputs(list(self.state.lineage.values())))
         return self.store.run(self.run_id)
 
