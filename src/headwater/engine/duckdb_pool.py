@@ -9,8 +9,8 @@ from an empty catalog. Registered fsspec filesystems stay: they carry no data.
 from __future__ import annotations
 
 import os
-import uuid
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
