@@ -16,7 +16,7 @@ from typing import Any
 from headwater.config.secrets import REDACTOR
 from headwater.datasets.dataset import Dataset
 from headwater.engine.runner import Observer, execute_run
-from headwater.exceptions import ConfigError, HeadwaterError, NotFoundError
+from headwater.exceptions import HeadwaterError, NotFoundError
 from headwater.runtime import ProjectRuntime
 
 
@@ -248,10 +248,3 @@ class Project:
             })
         return out
 
-
-def load(path: str | Path | None = None) -> Project:
-    """Open a project; raises ConfigError if there is none."""
-    try:
-        return Project(path)
-    except ConfigError:
-        raise

@@ -44,8 +44,6 @@ Observer = Callable[[str, Mapping[str, Any]], None]
 _NO_RETRY = (ConfigError, ValidationError, TerminalSourceError)
 ABANDON_GRACE = float(os.environ.get("HEADWATER_ABANDON_GRACE", "10"))
 """Seconds an interrupted step gets to return before the run stops waiting for it."""
-ABANDONED = threading.Event()
-"""Set once any step thread was abandoned: the CLI then exits without joining it."""
 HEARTBEAT_SECONDS = float(os.environ.get("HEADWATER_HEARTBEAT_SECONDS", "5"))
 """How often a running run proves it is alive; a server's lease is several beats."""
 
@@ -325,7 +323,6 @@ class RunEngine:
             if attempt.interrupted_at is None:
                 attempt.interrupted_at = now
             elif now - attempt.interrupted_at > ABANDON_GRACE:
-                ABANDONED.set()
                 out.append(future)
         return out
 

@@ -9,7 +9,6 @@ Webhook triggers authenticate with their own token instead.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
@@ -140,5 +139,3 @@ def _run_json(row: dict[str, Any]) -> dict[str, Any]:
             "started_at", "finished_at", "error", "failed_step", "worker")
     return REDACTOR.deep(_jsonable({k: row.get(k) for k in keep}))  # type: ignore[no-any-return]
 
-
-Handler = Callable[..., Any]
