@@ -177,7 +177,8 @@ def publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchR
     counting = delta.CountingReader.peek(reader)
     if counting.empty and facts.mode != "overwrite":
         return PublishResult(dataset, None, 0, 0, skipped="no rows to publish")
-    previous_rows = total_rows(table) if table is not None else 0
+    # only an overwrite removes rows; other modes need not read the table's row count
+    previous_rows = total_rows(table) if table is not None and facts.mode == "overwrite" else 0
     try:
         dv, added, removed, metrics = _commit(uri, counting, table, facts, app,
                                               partition_by, evolve, storage_options,
