@@ -112,8 +112,8 @@ def coerce_params(declared: Mapping[str, Any], given: Mapping[str, Any],
 class Project:
     """A headwater project folder: run pipelines, read datasets, inspect runs."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
-        self.runtime = ProjectRuntime.load(path)
+    def __init__(self, path: str | Path | None = None, env: str | None = None) -> None:
+        self.runtime = ProjectRuntime.load(path, env)
         self.root = self.runtime.root
         self.name = self.runtime.config.name
 

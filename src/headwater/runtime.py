@@ -6,6 +6,7 @@ it loads lazily so a command pays only for what it touches. It holds no run logi
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +50,29 @@ class ProjectRuntime:
     _problems: list[ConfigError] = field(default_factory=list)
     _warehouse_registered: bool = False
 
+    env: str | None = None
+    """The environment whose overlay is applied (``--env`` / ``HEADWATER_ENV``), if any."""
+
     @classmethod
-    def load(cls, root: Path | str | None = None) -> ProjectRuntime:
+    def load(cls, root: Path | str | None = None, env: str | None = None) -> ProjectRuntime:
         folder = find_root(Path(root) if root is not None else None)
-        runtime = cls(root=folder, config=load_project_config(folder))
+        env = env or os.environ.get("HEADWATER_ENV") or None
+        runtime = cls(root=folder, config=load_project_config(folder, env), env=env)
         _ = runtime.warehouse  # a remote warehouse's credentials are needed by every read
         return runtime
+
+    def triggers_enabled(self, pipeline: str) -> bool:
+        """False when the active environment switches this pipeline's triggers off."""
+        if self.env is None:
+            return True
+        return self.config.environments[self.env].triggers_enabled(pipeline)
+
+    @property
+    def env_params(self) -> dict[str, Any]:
+        """The active environment's params: they override pipeline defaults, not run params."""
+        if self.env is None:
+            return {}
+        return dict(self.config.environments[self.env].params)
 
     # ----------------------------------------------------------------- pipelines
 

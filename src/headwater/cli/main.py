@@ -21,7 +21,8 @@ from headwater.cli.output import RunPrinter, print_json, resolve_log_format
 app = typer.Typer(name="headwater", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
                   help="Data ingestion for machine learning: extract, prepare, validate and "
-                       "publish versioned datasets.")
+                       "publish versioned datasets. Every command takes --env NAME (or "
+                       "HEADWATER_ENV) to apply an environment from headwater.yaml.")
 dataset_app = typer.Typer(no_args_is_help=True, help="Inspect one dataset.")
 app.add_typer(dataset_app, name="dataset")
 
@@ -417,6 +418,30 @@ def backfill(pipeline: str,
         raise typer.Exit(1)
 
 
+def take_env_option(args: list[str], environ: Any) -> list[str]:
+    """Every command takes ``--env NAME``: it becomes ``HEADWATER_ENV`` for the project load.
+
+    Taken out of the arguments before Typer sees them, so one rule covers every command
+    (``headwater check --env prod``, ``headwater --env prod run orders``) identically.
+    """
+    out: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--":
+            out.extend(["--", *rest])
+            break
+        if arg == "--env" or arg.startswith("--env="):
+            value = arg.partition("=")[2] if "=" in arg else next(rest, "")
+            if not value or value.startswith("-"):
+                sys.stderr.write("error: --env expects an environment name (see "
+                                 "'environments:' in headwater.yaml)\n")
+                raise SystemExit(2)
+            environ["HEADWATER_ENV"] = value
+            continue
+        out.append(arg)
+    return out
+
+
 def main() -> None:
     """Console-script entry point."""
     import logging
@@ -424,6 +449,7 @@ def main() -> None:
     logging.getLogger("openlineage").setLevel(logging.WARNING)
     code = 0
     try:
+        sys.argv[1:] = take_env_option(sys.argv[1:], os.environ)
         app()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (1 if exc.code else 0)

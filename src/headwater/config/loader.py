@@ -9,7 +9,7 @@ and never touches the store.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +201,52 @@ def _clean_loc(loc: tuple[str | int, ...], data: Any) -> Loc:
     return tuple(out)
 
 
-def load_project_config(root: Path) -> ProjectConfig:
-    """Parse ``headwater.yaml`` in ``root``."""
+def load_project_config(root: Path, env: str | None = None) -> ProjectConfig:
+    """Parse ``headwater.yaml`` in ``root``, with environment ``env``'s overlay applied."""
+    config, data, lines = _load_project_data(root)
+    if not env:
+        return config
+    return _with_environment(config, data, lines, env)
+
+
+def _with_environment(config: ProjectConfig, data: dict[str, Any], lines: _Lines,
+                      env: str) -> ProjectConfig:
+    """The project settings as environment ``env`` sees them (SPEC §2 ``environments``)."""
+    if env not in config.environments:
+        known = sorted(config.environments)
+        hint = difflib.get_close_matches(env, known, n=1)
+        suffix = f"; did you mean {hint[0]!r}?" if hint else (
+            f" (defined: {', '.join(known)})" if known else
+            " (this project defines no 'environments:')")
+        line = lines.find(("environments",)) if known else None
+        raise _error(PROJECT_FILE, line, f"environments.{env}",
+                     f"no environment {env!r}{suffix}")
+    overlay = config.environments[env]
+    merged = {k: v for k, v in data.items() if k != "environments"}
+    raw = data["environments"][env] or {}
+    for key in ("store", "warehouse", "warehouse_connection", "executor",
+                "max_concurrent_runs", "lineage", "auth"):
+        if key in raw:
+            merged[key] = raw[key]
+    connections = {name: dict(conn) for name, conn in (data.get("connections") or {}).items()}
+    for name, conn in overlay.connections.items():
+        connections[name] = {**connections.get(name, {}), **conn}
+    merged["connections"] = connections
+    merged["params"] = {**(data.get("params") or {}), **overlay.params}
+    merged["environments"] = data["environments"]
+    try:
+        return ProjectConfig.model_validate(merged)
+    except PydanticValidationError as exc:
+        problems = [replace(p, message=f"{p.message} (with environment {env!r})")
+                    for p in _problems_from(exc, PROJECT_FILE, lines, (), ProjectConfig,
+                                            merged)]
+        raise ConfigError(
+            "\n".join(map(str, problems)), problems=[p.as_dict() for p in problems]
+        ) from None
+
+
+def _load_project_data(root: Path) -> tuple[ProjectConfig, dict[str, Any], _Lines]:
+    """Parse ``headwater.yaml`` in ``root``: the model, the raw mapping and its lines."""
     path = root / PROJECT_FILE
     if not path.is_file():
         raise _error(PROJECT_FILE, None, "",
@@ -211,7 +255,7 @@ def load_project_config(root: Path) -> ProjectConfig:
     if not isinstance(data, dict):
         raise _error(PROJECT_FILE, 1, "", "must be a mapping of settings (name, store, ...)")
     try:
-        return ProjectConfig.model_validate(data)
+        return ProjectConfig.model_validate(data), data, lines
     except PydanticValidationError as exc:
         problems = _problems_from(exc, PROJECT_FILE, lines, (), ProjectConfig, data)
         raise ConfigError(

@@ -92,6 +92,32 @@ class AuthConfig(Model):
     tokens: list[ApiToken] = Field(default_factory=list)
 
 
+class EnvironmentConfig(Model):
+    """One entry of ``environments:``: settings that differ in dev, qa, prod, ...
+
+    Scalars replace the project's; ``connections`` merge per connection (an overlay may
+    change only a URL); ``params`` merge by name; ``triggers: false`` (or a mapping
+    pipeline → bool) switches triggers off in that environment without touching a
+    pipeline file.
+    """
+
+    store: str | None = None
+    warehouse: str | None = None
+    warehouse_connection: str | None = None
+    executor: ExecutorConfig | None = None
+    max_concurrent_runs: int | None = Field(default=None, ge=1)
+    lineage: LineageConfig | None = None
+    connections: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    triggers: bool | dict[str, bool] = True
+    auth: AuthConfig | None = None
+
+    def triggers_enabled(self, pipeline: str) -> bool:
+        if isinstance(self.triggers, bool):
+            return self.triggers
+        return self.triggers.get(pipeline, True)
+
+
 class ProjectConfig(Model):
     """``headwater.yaml``."""
 
@@ -106,6 +132,7 @@ class ProjectConfig(Model):
     connections: dict[str, dict[str, Any]] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     auth: AuthConfig | None = None
+    environments: dict[str, EnvironmentConfig] = Field(default_factory=dict)
 
     @field_validator("connections")
     @classmethod

@@ -203,7 +203,8 @@ class RunEngine:
 
     def _template_vars(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
         run = self.run
-        params = {**self.project.config.params, **defaults, **(run["params"] or {})}
+        params = {**self.project.config.params, **defaults, **self.project.env_params,
+                  **(run["params"] or {})}
         info = dict(run["trigger_info"] or {})
         window = {
             "start": run["window_start"].isoformat() if run["window_start"] else None,

@@ -207,6 +207,8 @@ class Server:
             self._loop.call_soon_threadsafe(self.wake)
 
     def trigger_enabled(self, pipeline: str, index: int) -> bool:
+        if not self.runtime.triggers_enabled(pipeline):
+            return False
         return (pipeline, index) not in self._disabled
 
     # ------------------------------------------------------------------ dispatch

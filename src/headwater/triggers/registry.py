@@ -185,7 +185,8 @@ def trigger_table(runtime: ProjectRuntime, server: Server | None = None) -> list
             last = next((f for f in fires if f["trigger_index"] == index), None)
             rows.append({
                 "pipeline": name, "index": index, "id": f"{name}.{index}",
-                "kind": config.kind, "enabled": bool(state.get("enabled", True)),
+                "kind": config.kind, "enabled": bool(state.get("enabled", True))
+                and runtime.triggers_enabled(name),
                 "spec": _spec(config),
                 "last_fired_at": _iso(status.last_fired_at if status else None)
                 or _iso(last["fired_at"] if last else None),
