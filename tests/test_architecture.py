@@ -22,6 +22,7 @@ FORBIDDEN = {
     "lineage": ("engine", "server", "cli"),
     "triggers": ("cli",),
     "server": ("cli",),
+    "testing": ("server", "cli"),
 }
 ALLOWED = {("steps", "headwater.engine.plan"), ("connectors", "headwater.steps.base")}
 """Exceptions, each with a reason: steps reuse the planner's reading of ``sql:`` files;

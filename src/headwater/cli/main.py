@@ -122,6 +122,15 @@ def schema(kind: Annotated[str, typer.Argument(help="pipeline or project")] = "p
     sys.stdout.write(render(kind))
 
 
+def _register_test_command() -> None:
+    from headwater.cli.pipeline_tests import test_command
+
+    app.command(name="test")(handled(test_command))
+
+
+_register_test_command()
+
+
 # --------------------------------------------------------------------------- runs
 
 

@@ -142,4 +142,31 @@ def scaffold(directory: Path, force: bool = False) -> Path:
     (root / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
     write_orders(root / "landing" / "orders" / "orders-001.csv", 1, 500, seed=1)
     write_orders(root / "landing" / "orders" / "orders-002.csv", 1001, 500, seed=2, bad=False)
+    scaffold_test_case(root)
     return root
+
+
+CASE_YAML = """\
+# A pipeline test: inputs/ replaces each source step, expected/ is what must be published.
+# Run it with 'headwater test'; after a deliberate change, 'headwater test --update' and
+# review the diff of expected/ like code.
+description: Sixty orders, two unparsable and two breaking the contract
+params: {min_amount: 0}
+"""
+
+
+def scaffold_test_case(root: Path) -> None:
+    """``tests/orders/basic/``: small fixture input and expectations made by running it."""
+    from headwater.project import Project
+    from headwater.testing.cases import Case
+    from headwater.testing.run import run_case
+
+    folder = root / "tests" / "orders" / "basic"
+    (folder / "inputs" / "raw").mkdir(parents=True, exist_ok=True)
+    (folder / "case.yaml").write_text(CASE_YAML, encoding="utf-8")
+    write_orders(folder / "inputs" / "raw" / "orders.csv", 1, 60, seed=3)
+    case = Case("orders", "basic", folder, params={"min_amount": 0})
+    with Project(root) as project:
+        result = run_case(root, case, project.runtime.pipeline("orders").config, update=True)
+    if not result.ok:  # pragma: no cover - the example must always pass
+        raise HeadwaterError(f"the example test case failed: {result.error}")

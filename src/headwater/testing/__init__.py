@@ -1,0 +1,1 @@
+"""``headwater test``: pipeline tests as data (fixture inputs → expected datasets)."""

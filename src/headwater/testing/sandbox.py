@@ -1,0 +1,105 @@
+"""A throwaway copy of a project in which one test case runs.
+
+The copy has its own SQLite store and local warehouse in a temporary folder, and every
+source step of the pipeline under test reads the case's fixture instead of its real
+place (files, a database, an API, a broker). So a case can never touch the project's
+store, warehouse or sources: it has no way to name them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from headwater.config.loader import PIPELINES_DIR, PROJECT_FILE
+from headwater.exceptions import ConfigError
+from headwater.testing.cases import TESTS_DIR, Case
+
+SKIP = {".headwater", ".git", ".venv", "venv", "node_modules", "__pycache__", TESTS_DIR,
+        ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+
+
+def _top_folder(path: str) -> str | None:
+    """The first folder of a relative local path (``landing/orders/*.csv`` → landing)."""
+    if "://" in path or Path(path).is_absolute():
+        return None
+    parts = [p for p in Path(path).parts if p != "."]
+    return parts[0] if len(parts) > 1 or (parts and "*" not in parts[0]) else None
+
+
+def _data_roots(pipeline: dict[str, Any], settings: dict[str, Any]) -> set[str]:
+    """Top-level folders holding data (sources, landing folders, the local warehouse):
+    left out of the copy, which may be large and must never be read by a case."""
+    found = [_top_folder(str(settings.get("warehouse") or "./warehouse"))]
+    for step in pipeline.get("steps") or []:
+        source = step.get("source") if isinstance(step, dict) else None
+        path = source.get("path") if isinstance(source, dict) else None
+        if isinstance(path, str):
+            found.append(_top_folder(path))
+    return {f for f in found if f and f not in (PIPELINES_DIR, "sql", "transforms")}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping", problems=[])
+    return data
+
+
+def _swap_sources(pipeline: dict[str, Any], case: Case) -> dict[str, Any]:
+    """Point every source step at the case's fixture; a missing fixture is an error."""
+    steps = []
+    for raw in pipeline.get("steps") or []:
+        step = dict(raw)
+        source = step.get("source")
+        if isinstance(source, dict) and source.get("type") != "dataset":
+            found = case.fixture_for(str(step.get("id")))
+            if found is None:
+                raise ConfigError(
+                    f"{case.folder}: no fixture for source step {step.get('id')!r}: add "
+                    f"inputs/{step.get('id')}/ (files) or inputs/{step.get('id')}.csv|.json|"
+                    f".ndjson|.parquet (rows)", problems=[])
+            path, fmt = found
+            swapped: dict[str, Any] = {"type": "files"}
+            if source.get("type") == "files" and fmt is None:
+                keep = ("format", "csv", "columns", "bad_rows", "compression")
+                swapped.update({k: v for k, v in source.items() if k in keep})
+                swapped["path"] = str(path)
+            else:
+                swapped["path"] = str(path)
+                swapped["format"] = fmt or source.get("format") or "auto"
+                if source.get("type") == "files":
+                    swapped.update({k: v for k, v in source.items()
+                                    if k in ("csv", "columns", "bad_rows")})
+            step["source"] = swapped
+        steps.append(step)
+    return {**pipeline, "steps": steps, "triggers": []}
+
+
+def build(root: Path, case: Case, into: Path) -> Path:
+    """Copy ``root`` into ``into`` (code only), with its own store and warehouse and
+    fixture sources; returns the copy's root."""
+    settings = _load(root / PROJECT_FILE)
+    pipeline_file = next((p for p in sorted((root / PIPELINES_DIR).glob("*.y*ml"))
+                          if _load(p).get("name") == case.pipeline), None)
+    if pipeline_file is None:
+        raise ConfigError(f"{case.folder}: no pipeline {case.pipeline!r} in "
+                          f"{root / PIPELINES_DIR}", problems=[])
+    pipeline = _load(pipeline_file)
+    skip = SKIP | _data_roots(pipeline, settings)
+    target = into / "project"
+    shutil.copytree(root, target, ignore=lambda folder, names: [
+        n for n in names if (Path(folder) == root and n in skip) or n in SKIP])
+    settings.pop("environments", None)
+    settings.pop("warehouse_connection", None)
+    settings.update(store=f"sqlite:///{into / 'store.db'}", warehouse=str(into / "warehouse"),
+                    executor="local")
+    (target / PROJECT_FILE).write_text(yaml.safe_dump(settings, sort_keys=False),
+                                       encoding="utf-8")
+    swapped = _swap_sources(pipeline, case)
+    (target / PIPELINES_DIR / pipeline_file.name).write_text(
+        yaml.safe_dump(swapped, sort_keys=False), encoding="utf-8")
+    return target

@@ -1,0 +1,116 @@
+"""``headwater test``: fixture cases run in a sandbox and compared row by row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ProjectFactory, run_cli, write
+
+PIPELINE = """
+name: sales
+params: {min_amount: 0}
+steps:
+  - id: raw
+    source: {type: files, path: landing/*.csv, incremental: true, bad_rows: quarantine,
+             columns: {id: int64, amount: double}}
+  - id: clean
+    sql: SELECT id, amount FROM raw WHERE amount >= {{ params.min_amount }}
+  - id: publish
+    publish: {input: clean, dataset: sales, mode: merge, key: [id]}
+"""
+
+
+def _project(make_project: ProjectFactory) -> Path:
+    root = make_project(pipelines={"sales": PIPELINE},
+                        files={"landing/real.csv": "id,amount\n100,1.0\n"})
+    case = root / "tests" / "sales" / "basic"
+    write(case / "case.yaml", "params: {min_amount: 5}\n")
+    write(case / "inputs" / "raw.csv", "id,amount\n1,2.5\n2,7.25\n3,x\n4,10\n")
+    write(case / "expected" / "sales.csv", "id,amount\n2,7.25\n4,10.0\n")
+    write(case / "expected" / "sales__rejected.csv",
+          "_step,_source,_error,_row\n")
+    return root
+
+
+@pytest.mark.slow
+def test_case_passes_and_never_touches_the_project(make_project: ProjectFactory) -> None:
+    """A passing case prints PASS and '1 passed, 0 failed', exits 0, and the project's
+    own store, warehouse and landing files are untouched (the case read its fixture)."""
+    root = _project(make_project)
+    write(root / "tests" / "sales" / "basic" / "expected" / "sales__rejected.csv",
+          "_step,_source,_error,_row\nraw,inputs/raw.csv:4,"
+          "column amount: cannot convert 'x' to DOUBLE,"
+          '"{""id"": ""3"", ""amount"": ""x""}"\n')
+    result = run_cli("test", "--project", str(root))
+    assert 0 == result.returncode, result.stdout + result.stderr
+    assert "PASS sales/basic" in result.stdout
+    assert "1 passed, 0 failed" == result.stdout.strip().splitlines()[-1]
+    assert not (root / ".headwater").exists()
+    assert not (root / "warehouse").exists()
+    assert ["real.csv"] == sorted(p.name for p in (root / "landing").iterdir())
+
+
+@pytest.mark.slow
+def test_failing_case_shows_row_diff_junit_and_update(make_project: ProjectFactory,
+                                                      tmp_path: Path) -> None:
+    """A wrong expectation fails (exit 1) naming missing/unexpected rows by key, writes a
+    JUnit failure; --update rewrites the expectation and the case then passes."""
+    root = _project(make_project)
+    write(root / "tests" / "sales" / "basic" / "expected" / "sales.csv",
+          "id,amount\n2,7.25\n5,1.0\n")
+    junit = tmp_path / "report.xml"
+    failed = run_cli("test", "sales", "--junit", str(junit), "--project", str(root))
+    assert 1 == failed.returncode, failed.stdout + failed.stderr
+    assert "FAIL sales/basic" in failed.stdout
+    assert "sales: 1 missing row(s); 1 unexpected row(s)" in failed.stdout
+    assert "0 passed, 1 failed" == failed.stdout.strip().splitlines()[-1]
+    assert 'failures="1"' in junit.read_text(encoding="utf-8")
+    updated = run_cli("test", "sales/basic", "--update", "--project", str(root))
+    assert 0 == updated.returncode, updated.stdout + updated.stderr
+    expected = root / "tests" / "sales" / "basic" / "expected"
+    assert "id,amount\n2,7.25\n4,10.0\n" == (expected / "sales.csv").read_text()
+    assert "inputs/raw.csv:4" in (expected / "sales__rejected.csv").read_text()
+    again = run_cli("test", "--project", str(root))
+    assert 0 == again.returncode, again.stdout + again.stderr
+
+
+def test_expectation_for_a_dataset_not_published_is_a_project_error(
+        make_project: ProjectFactory) -> None:
+    """An expectation naming a dataset the pipeline does not publish: exit 2, the file."""
+    root = _project(make_project)
+    write(root / "tests" / "sales" / "basic" / "expected" / "salez.csv", "id\n1\n")
+    result = run_cli("test", "--project", str(root))
+    assert 2 == result.returncode
+    assert "salez.csv" in result.stderr
+    assert "does not publish dataset 'salez'" in result.stderr
+
+
+def test_missing_fixture_names_the_step(make_project: ProjectFactory) -> None:
+    """A case without a fixture for a source step says which file to add (exit 2)."""
+    root = _project(make_project)
+    (root / "tests" / "sales" / "basic" / "inputs" / "raw.csv").unlink()
+    result = run_cli("test", "--project", str(root))
+    assert 2 == result.returncode
+    assert "no fixture for source step 'raw'" in result.stderr
+    assert "inputs/raw.csv" in result.stderr
+
+
+def test_unknown_case_key_names_file_and_key(make_project: ProjectFactory) -> None:
+    """A typo in case.yaml is an error naming the file and the key."""
+    root = _project(make_project)
+    write(root / "tests" / "sales" / "basic" / "case.yaml", "parms: {min_amount: 5}\n")
+    result = run_cli("test", "--project", str(root))
+    assert 2 == result.returncode
+    assert "case.yaml: parms: unknown key" in result.stderr
+
+
+@pytest.mark.slow
+def test_init_scaffolds_a_passing_case(tmp_path: Path) -> None:
+    """'headwater init' writes tests/orders/basic/, and 'headwater test' passes on it."""
+    created = run_cli("init", str(tmp_path / "shop"))
+    assert 0 == created.returncode, created.stderr
+    result = run_cli("test", "--project", str(tmp_path / "shop"))
+    assert 0 == result.returncode, result.stdout + result.stderr
+    assert "1 passed, 0 failed" in result.stdout
