@@ -12,7 +12,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -35,7 +35,11 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"expected a duration such as 30s, 10m or 1h, got {value!r}")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+DurationText = Annotated[str, Field(pattern=_DURATION.pattern)]
+"""What the JSON Schema promises editors: a duration may be written as text."""
+
+Duration = Annotated[float, BeforeValidator(parse_duration,
+                                            json_schema_input_type=float | DurationText)]
 """Seconds, written in YAML as ``500ms``, ``30s``, ``10m``, ``2h`` or a bare number."""
 
 
@@ -66,7 +70,8 @@ def _executor(value: Any) -> Any:
 
 ExecutorConfig = Annotated[
     LocalExecutorConfig | DaskExecutorConfig,
-    BeforeValidator(_executor),
+    BeforeValidator(_executor, json_schema_input_type=Literal["local"] | LocalExecutorConfig
+                    | DaskExecutorConfig),
     Field(discriminator="type"),
 ]
 
@@ -184,7 +189,7 @@ class FilesSource(Model):
 
 class DatasetSource(Model):
     type: Literal["dataset"]
-    dataset: str = Field(alias="name")
+    dataset: str = Field(validation_alias=AliasChoices("dataset", "name"))
     version: int | None = None
 
 

@@ -70,7 +70,8 @@ def _swap_sources(pipeline: dict[str, Any], case: Case) -> dict[str, Any]:
                 swapped["path"] = str(path)
             else:
                 swapped["path"] = str(path)
-                swapped["format"] = fmt or source.get("format") or "auto"
+                if fmt or source.get("format"):
+                    swapped["format"] = fmt or source.get("format")
                 if source.get("type") == "files":
                     swapped.update({k: v for k, v in source.items()
                                     if k in ("csv", "columns", "bad_rows")})
