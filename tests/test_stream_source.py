@@ -119,3 +119,95 @@ def test_run_ingests_a_micro_batch(case: StreamCase) -> None:
         assert all(r["_received_at"] is not None and r["_id"] for r in rows)
         assert project.run("events").ok
         assert 5 == len(_rows(project))
+
+
+GATE = """  - id: gate
+            command: test ! -e fail
+            needs: [raw]
+"""
+
+
+def _with_gate(case: StreamCase) -> None:
+    text = _pipeline(case.broker, case.target, case.consumer, extra_steps=GATE)
+    text = text.replace("publish: {input: raw", "needs: [gate]\n            publish: {input: raw")
+    (case.root / "pipelines" / "events.yaml").write_text(
+        __import__("textwrap").dedent(text).lstrip("\n"), encoding="utf-8")
+
+
+def test_failing_later_step_leaves_messages_for_the_next_run(case: StreamCase) -> None:
+    """A step after the source fails: nothing is acknowledged, so the next run takes the
+    same messages again, and each lands exactly once."""
+    _with_gate(case)
+    (case.root / "fail").write_text("")
+    case.publish_json([{"id": i} for i in range(6)])
+    with hw.Project(case.root) as project:
+        failed = project.run("events")
+        assert "failed" == failed.status
+        assert "gate" in (failed.error or "")
+        (case.root / "fail").unlink()
+        run = project.run("events")
+        assert run.ok, run.error
+        assert [0, 1, 2, 3, 4, 5] == sorted(r["id"] for r in _rows(project))
+        assert project.run("events").ok
+        assert 6 == len(_rows(project))
+
+
+def test_malformed_messages_are_quarantined_with_raw_payload(case: StreamCase) -> None:
+    """Bad JSON goes to ``events__rejected`` with its raw payload and the reason; the good
+    messages are published; nothing is redelivered afterwards."""
+    case.publish([b'{"id": 1}', b'{"id": 2,', b'{"id": 3}'])
+    with hw.Project(case.root) as project:
+        run = project.run("events")
+        assert run.ok, run.error
+        assert [1, 3] == sorted(r["id"] for r in _rows(project))
+        rejected = _rows(project, "events__rejected")
+        assert 1 == len(rejected)
+        assert '{"id": 2,' == json.loads(rejected[0]["_row"])["payload"]
+        assert "malformed JSON" in rejected[0]["_error"]
+        assert "raw" == rejected[0]["_step"]
+        assert project.run("events").ok
+        assert 1 == len(_rows(project, "events__rejected"))
+
+
+def test_kill_9_between_commit_and_ack_lands_each_message_once(case: StreamCase) -> None:
+    """A ``headwater run`` killed (SIGKILL) after its commit and before acknowledging:
+    the broker redelivers, and the next run drops the redelivered messages as already
+    committed (and acknowledges them): every message is in the dataset exactly once."""
+    case.publish_json([{"id": i} for i in range(8)])
+    proc = subprocess.run([sys.executable, "-m", "headwater.cli.main", "run", "events"],
+                          cwd=case.root, env={**os.environ, "HEADWATER_CRASH_AT": "after_commit"},
+                          capture_output=True, text=True, timeout=120)
+    assert -signal.SIGKILL == proc.returncode, proc.stderr[-2000:]
+    with hw.Project(case.root) as project:
+        assert list(range(8)) == sorted(r["id"] for r in _rows(project))
+        case.publish_json([{"id": 8}])
+        if case.broker.type == "nats":
+            import time
+
+            time.sleep(2.5)  # ack_wait: JetStream redelivers after it expires
+        run = project.run("events")
+        assert run.ok, run.error
+        assert list(range(9)) == sorted(r["id"] for r in _rows(project))
+        assert project.run("events").ok
+        assert list(range(9)) == sorted(r["id"] for r in _rows(project))
+        raw = next(st for st in project.get_run(run.id).steps if st.step_id == "raw")
+        assert 8 == raw.info["redelivered_dropped"]
+
+
+@pytest.mark.parametrize("broker", [b for b in BROKER_LIST if b.type in ("nats", "rabbitmq")],
+                         ids=["nats", "rabbitmq"])
+def test_broker_down_fails_the_run_naming_connection_without_secret(
+        broker: Broker, make_project: ProjectFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens on the port: the run retries, then fails naming the step, the
+    connection and the cause; the password in the URL is never shown."""
+    monkeypatch.setenv("BUS_PASSWORD", "s3cr3t-pw")
+    url = f"{broker.scheme}://guest:${{env:BUS_PASSWORD}}@127.0.0.1:1/"
+    root = make_project({"events": _pipeline(broker, broker.subject(), "hwdown")},
+                        settings=_settings(broker, url))
+    with hw.Project(root) as project:
+        run = project.run("events")
+        assert "failed" == run.status
+        error = run.error or ""
+        assert "'raw'" in error and "'bus'" in error and "unreachable" in error
+        assert "s3cr3t-pw" not in error
