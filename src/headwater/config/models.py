@@ -390,6 +390,11 @@ class FilesTriggerConfig(Model):
     marker: str | None = None
     batch_window: Duration = 0.1
     interval: Duration = 30.0
+    events: Literal["eventgrid"] | None = None
+    """Also fire at once on Azure Event Grid / CloudEvents ``BlobCreated`` pushed to
+    ``POST /api/events/{pipeline}``; listing every ``interval`` still reconciles."""
+    token: str | None = None
+    """The bearer token event pushes must carry (``${env:...}``)."""
 
 
 class TableChangeConfig(Model):
