@@ -62,7 +62,7 @@ def _batch(ctx: StepContext, source: StreamSource, session: BrokerSession,
            deliveries: list[Delivery]) -> StepOutput:
     adapter = session.adapter
     ledger = _ledger(ctx, session)
-    fresh = [d for d in deliveries if not _committed(adapter, ledger, d)]
+    fresh = _unique(adapter, [d for d in deliveries if not _committed(adapter, ledger, d)])
     dropped = len(deliveries) - len(fresh)
     if dropped:
         ctx.log(f"{dropped} redelivered message(s) already committed: dropped, and "
@@ -95,6 +95,19 @@ def _ledger(ctx: StepContext, session: BrokerSession) -> Ledger:
 
 def _committed(adapter: BrokerAdapter, ledger: Ledger, delivery: Delivery) -> bool:
     return adapter.may_be_redelivery(delivery) and ledger.seen(adapter.identity(delivery))
+
+
+def _unique(adapter: BrokerAdapter, deliveries: list[Delivery]) -> list[Delivery]:
+    """One of each message: a batch that outlasts the broker's ack wait can receive a
+    message twice (every copy is still acknowledged after the commit)."""
+    seen: set[Any] = set()
+    out = []
+    for delivery in deliveries:
+        key = adapter.identity(delivery)
+        if key not in seen:
+            seen.add(key)
+            out.append(delivery)
+    return out
 
 
 def _write_rejected(ctx: StepContext, table: Any, errors: Sequence[str]) -> list[str]:

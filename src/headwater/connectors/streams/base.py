@@ -22,6 +22,11 @@ def always(_: Delivery) -> bool:
     return True
 
 
+def unknown(_: Delivery) -> bool:
+    """The broker does not say whether more messages wait."""
+    return False
+
+
 @dataclass
 class BrokerAdapter:
     """One broker as the stream source sees it."""
@@ -35,5 +40,7 @@ class BrokerAdapter:
     """The key a redelivery of this message reproduces."""
     may_be_redelivery: Callable[[Delivery], bool] = always
     """False when the broker guarantees a first delivery (RabbitMQ's redelivered flag)."""
+    more_pending: Callable[[Delivery], bool] = unknown
+    """Whether the broker said, with this delivery, that more messages wait (NATS)."""
     prune: Callable[[Ledger], Coroutine[Any, Any, None]] | None = None
     """Forget what the broker will never redeliver (NATS: below the ack floor)."""

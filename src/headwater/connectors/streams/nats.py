@@ -10,9 +10,12 @@ delivered again.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Mapping
 from typing import Any
 
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -23,6 +26,8 @@ from headwater.triggers.brokers.base import ConsumerSpec, Delivery, broker_error
 from headwater.triggers.brokers.nats_jetstream import _ERRORS, NatsConsumer
 
 ACK_WAIT_S = 30.0
+_GRACE_S = 1.0
+"""How much longer than a pull request's expiry to wait for the server's end-of-batch."""
 
 
 class SourceNatsConsumer(NatsConsumer):
@@ -46,6 +51,39 @@ class SourceNatsConsumer(NatsConsumer):
             return self._named_stream
         return await super()._ensure_stream(js)
 
+    async def receive(self, limit: int, timeout: float) -> list[Delivery]:
+        """What is waiting now (up to ``limit``); if nothing, wait up to ``timeout`` for
+        one message and then take what is waiting after it.
+
+        A callback subscription on a private inbox instead of nats-py's ``fetch``, which
+        awaits every message separately and manages ~3,000 messages/s on a busy machine.
+        """
+        got = await self._pull(limit, None)
+        if not got and timeout > 0:
+            got = await self._pull(1, timeout)
+            if got and limit > 1:
+                got += await self._pull(limit - 1, None)
+        return [self._delivery(msg) for msg in got]
+
+    async def _pull(self, batch: int, expires: float | None) -> list[Msg]:
+        """One pull request: ``no_wait`` (answered at once) or waiting up to ``expires``."""
+        nc, _ = self._alive()
+        request: dict[str, Any] = {"batch": batch}
+        if expires is None:
+            request["no_wait"] = True
+        else:
+            request["expires"] = int(expires * 1e9)
+        with broker_errors(self._where, *_ERRORS):
+            inbox = nc.new_inbox()
+            # no callback and no limits: the parser queues messages, drained below in bulk
+            sub = await nc.subscribe(inbox, pending_msgs_limit=0, pending_bytes_limit=0)
+            try:
+                await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._durable}",
+                                 json.dumps(request).encode(), reply=inbox)
+                return await _drain(sub._pending_queue, batch, (expires or 0) + _GRACE_S)
+            finally:
+                await sub.unsubscribe()
+
     async def ack_floor(self) -> int:
         """The stream sequence at or below which every message is acknowledged."""
         nc, _ = self._alive()
@@ -55,8 +93,35 @@ class SourceNatsConsumer(NatsConsumer):
         return int(floor or 0)
 
 
+async def _drain(queue: asyncio.Queue[Msg], batch: int, wait: float) -> list[Msg]:
+    """Messages from a pull's inbox until ``batch`` arrived or the server ends the pull
+    (a status message: 404 nothing more, 408 expired); ``wait`` bounds a silent server."""
+    got: list[Msg] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while len(got) < batch:
+        try:
+            msg = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0.001))
+        except TimeoutError:
+            return got
+        while True:
+            if JetStreamContext.is_status_msg(msg):
+                return got
+            got.append(msg)
+            if len(got) >= batch or queue.empty():
+                break
+            msg = queue.get_nowait()
+    return got
+
+
 def _seq(delivery: Delivery) -> int:
     return int(delivery.message_id)
+
+
+def _more_pending(delivery: Delivery) -> bool:
+    """JetStream tells with each message how many more wait for this consumer."""
+    meta = getattr(delivery.handle, "metadata", None)
+    return bool(meta is not None and (meta.num_pending or 0) > 0)
 
 
 def open_broker(connection: Mapping[str, Any], spec: ConsumerSpec,
@@ -68,4 +133,4 @@ def open_broker(connection: Mapping[str, Any], spec: ConsumerSpec,
             ledger.prune(await consumer.ack_floor())
 
     return BrokerAdapter(consumer=consumer, where=consumer._where, ledger=SeqLedger.from_state,
-                         identity=_seq, prune=prune)
+                         identity=_seq, more_pending=_more_pending, prune=prune)
