@@ -120,7 +120,7 @@ def run_headwater(args: argparse.Namespace, subject: str, stream: str,
         "steps:\n"
         "  - id: raw\n"
         f"    source: {{type: stream, connection: bus, subject: '{subject}', "
-        f"stream: {stream}, max_messages: {args.messages}, max_wait: 10s}}\n"
+        f"stream: {stream}, max_messages: {args.messages}, max_wait: 300s}}\n"
         "  - id: publish\n"
         "    publish: {input: raw, dataset: events}\n")
     result = measure([headwater_exe(), "run", "events", "--project", str(project)],

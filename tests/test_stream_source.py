@@ -211,3 +211,104 @@ def test_broker_down_fails_the_run_naming_connection_without_secret(
         error = run.error or ""
         assert "'raw'" in error and "'bus'" in error and "unreachable" in error
         assert "s3cr3t-pw" not in error
+
+
+@dataclass
+class PrivateNats:
+    """A nats-server of this test's own (JetStream on disk), so it can be restarted."""
+
+    store: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import socket
+        import time
+
+        self.proc = subprocess.Popen(["nats-server", "-js", "-sd", str(self.store), "-a",
+                                      "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=0.5):
+                time.sleep(0.3)  # JetStream becomes ready just after the port opens
+                return
+            time.sleep(0.05)
+        raise AssertionError("private nats-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[PrivateNats]:
+    import shutil
+    import socket
+
+    if shutil.which("nats-server") is None:
+        pytest.skip("nats-server is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = PrivateNats(tmp_path / "js", port)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_broker_restarted_mid_batch_loses_and_duplicates_nothing(
+        private_nats: PrivateNats, make_project: ProjectFactory) -> None:
+    """The broker restarts while the run holds its batch unacknowledged: the commit still
+    happens, the acknowledgement fails (a warning, the run succeeds), the broker
+    redelivers after ack_wait, and the next run drops what was committed: every message
+    exactly once, none lost."""
+    import time
+
+    import nats
+
+    url = f"nats://127.0.0.1:{private_nats.port}"
+    subject = f"hwrestart.{uuid.uuid4().hex}"
+
+    async def publish(ids: range) -> None:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            with contextlib.suppress(Exception):
+                await js.add_stream(name="RESTART", subjects=[subject])
+            for i in ids:
+                await js.publish(subject, json.dumps({"id": i}).encode())
+        finally:
+            await nc.close()
+
+    asyncio.run(publish(range(10)))
+    broker = next(b for b in BROKER_LIST if b.type == "nats")
+    root = make_project({"events": _pipeline(broker, subject, "restart", extra_steps=(
+        "  - id: gate\n            command: sleep 4\n            needs: [raw]\n"))},
+        settings=_settings(broker, url))
+    proc = subprocess.Popen([sys.executable, "-m", "headwater.cli.main", "run", "events"],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with hw.Project(root) as project:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            runs = project.runs("events")
+            if runs and any(s.step_id == "gate" for s in project.get_run(runs[0].id).steps):
+                break
+            time.sleep(0.1)
+        private_nats.stop()
+        private_nats.start()
+        _, stderr = proc.communicate(timeout=120)
+        assert 0 == proc.returncode, stderr.decode()[-2000:]
+        first = project.runs("events")[0]
+        assert any("after the commit" in e["message"] for e in project.logs(first.id))
+        assert list(range(10)) == sorted(r["id"] for r in _rows(project))
+        asyncio.run(publish(range(10, 12)))
+        time.sleep(2.5)  # ack_wait: then JetStream redelivers the unacknowledged batch
+        run = project.run("events")
+        assert run.ok, run.error
+        assert list(range(12)) == sorted(r["id"] for r in _rows(project))
+        raw = next(st for st in project.get_run(run.id).steps if st.step_id == "raw")
+        assert 10 == raw.info["redelivered_dropped"]
