@@ -312,3 +312,30 @@ def test_broker_restarted_mid_batch_loses_and_duplicates_nothing(
         assert list(range(12)) == sorted(r["id"] for r in _rows(project))
         raw = next(st for st in project.get_run(run.id).steps if st.step_id == "raw")
         assert 10 == raw.info["redelivered_dropped"]
+
+
+@pytest.mark.parametrize("broker", [b for b in BROKER_LIST if b.type == "redis"], ids=["redis"])
+def test_formats_and_odd_json_shapes(broker: Broker, make_project: ProjectFactory) -> None:
+    """A key that is always null, a key whose type varies (kept as JSON text) and non-object
+    JSON (rejected) publish cleanly; ``format: text`` keeps each payload as text."""
+    target = broker.subject()
+    root = make_project({"events": _pipeline(broker, target, "hwshapes"),
+                         "texts": _pipeline(broker, target, "hwtexts", fmt="text").replace(
+                             "name: events", "name: texts").replace("dataset: events",
+                                                                    "dataset: texts")},
+                        settings=_settings(broker))
+    bodies = [b'{"id": 1, "gone": null, "v": 1}', b'{"id": 2, "gone": null, "v": "two"}',
+              b"[1, 2]", b'"just a string"']
+    asyncio.run(broker.publish(target, bodies))
+    try:
+        with hw.Project(root) as project:
+            run = project.run("events")
+            assert run.ok, run.error
+            rows = sorted(_rows(project), key=lambda r: r["id"])
+            assert ["1", '"two"'] == [r["v"] for r in rows]
+            assert 2 == len(_rows(project, "events__rejected"))
+            assert project.run("texts").ok
+            assert [b.decode() for b in bodies] == [r["payload"] for r in _rows(project,
+                                                                                "texts")]
+    finally:
+        asyncio.run(broker.cleanup_fn(broker.url(), target, ""))
