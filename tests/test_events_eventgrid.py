@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+import headwater as hw
 from headwater.runtime import ProjectRuntime
 from headwater.server.app import create_app
 from headwater.server.events import MAX_BODY
@@ -177,3 +178,63 @@ def test_webhook_only_pipeline_takes_blob_events(
                                                      run["trigger_info"]["files"])
 
 
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_blob_created_push_runs_pipeline_under_real_serve(
+        make_project: ProjectFactory, serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: a blob lands in Azurite, Event Grid's BlobCreated is POSTed to a real
+    ``headwater serve`` (polling is an hour away), and the pipeline publishes the blob's
+    rows at once; the redelivered event starts nothing."""
+    import time
+
+    import fsspec
+    import httpx
+
+    from tests.test_azure_pipeline import KEY
+
+    conn = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={KEY};BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")
+    container = f"hwev-{uuid.uuid4().hex[:10]}"
+    fs = fsspec.filesystem("az", connection_string=conn)
+    fs.mkdir(container)
+    monkeypatch.setenv("HW_AZ_CONN", conn)
+    monkeypatch.setenv("EVENTS_TOKEN", TOKEN)
+    try:
+        root = make_project({"blobs": f"""
+            name: blobs
+            triggers:
+              - files: {{path: "az://{container}/landing", pattern: "*.csv", connection: lake,
+                        events: eventgrid, token: "${{env:EVENTS_TOKEN}}", interval: 1h}}
+            steps:
+              - id: raw
+                source: {{type: files, path: "az://{container}/landing/*.csv",
+                          connection: lake, incremental: true}}
+              - id: out
+                publish: {{input: raw, dataset: blobs}}
+            """}, settings='connections:\n  lake: {type: azure_blob, '
+                           'connection_string: "${env:HW_AZ_CONN}"}\n')
+        server = serve(root)
+        time.sleep(1.0)  # the trigger's first listing (an empty folder) is done
+        fs.pipe(f"{container}/landing/a.csv", b"id,v\n1,a\n2,b\n")
+        event = _blob_event("landing/a.csv", container=container)
+        answer = httpx.post(f"{server.url}/api/events/blobs", json=[event], headers=AUTH,
+                            timeout=10)
+        assert 200 == answer.status_code, answer.text
+        assert 1 == len(answer.json()["runs"])
+        with hw.Project(root) as project:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                runs = project.runs("blobs")
+                if runs and runs[0].status in ("succeeded", "failed"):
+                    break
+                time.sleep(0.2)
+            assert "succeeded" == runs[0].status, runs[0].error
+            assert "files" == runs[0].trigger
+            assert [1, 2] == sorted(project.dataset("blobs").to_arrow()["id"].to_pylist())
+        again = httpx.post(f"{server.url}/api/events/blobs", json=[event], headers=AUTH,
+                           timeout=10).json()
+        assert ([], 1) == (again["runs"], again["duplicates"])
+    finally:
+        fs.rm(container, recursive=True)
