@@ -21,6 +21,7 @@ from headwater.config.models import (
     RunPipelineStep,
     SourceStep,
     SqlStep,
+    StreamSource,
 )
 from headwater.engine.plan import plan
 from headwater.exceptions import ConfigError
@@ -79,7 +80,7 @@ def _references(runtime: ProjectRuntime, pf: PipelineFile,
                 if source.dataset not in known:
                     out.append(_problem(pf, (*loc, "source", "name"),
                                         f"no pipeline publishes dataset {source.dataset!r}"))
-            if not isinstance(source, FilesSource | DatasetSource):
+            if not isinstance(source, FilesSource | DatasetSource | StreamSource):
                 out.append(_problem(pf, (*loc, "source", "type"),
                                     f"source type {source.type!r} is not available yet"))
         if isinstance(step, HttpStep | RunPipelineStep):

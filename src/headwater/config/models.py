@@ -12,7 +12,15 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -213,11 +221,43 @@ class HttpSource(Model):
 
 
 class StreamSource(Model):
+    """A micro-batch from a broker, acknowledged only after the run's dataset commit.
+
+    Name what to read with the key the broker calls it: ``subject`` (NATS; ``stream``
+    optionally names the JetStream stream), ``queue`` (RabbitMQ), ``topic`` (MQTT) or
+    ``stream`` (a Redis stream).
+    """
+
     type: Literal["stream"]
     connection: str
-    subject: str
-    max_messages: int = 1000
-    wait: Duration = 1.0
+    subject: str | None = None
+    queue: str | None = None
+    topic: str | None = None
+    stream: str | None = None
+    max_messages: int = Field(default=1000, ge=1)
+    max_wait: Duration = 2.0
+    format: Literal["json", "text", "bytes"] = "json"
+    consumer: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-]+$")
+    """The broker-side name of the consumer (durable/group/client id); default
+    ``headwater-<pipeline>-<step>``. Changing it starts reading afresh."""
+
+    @property
+    def target(self) -> str:
+        """The one thing this source reads: subject, queue, topic or stream."""
+        for value in (self.subject, self.queue, self.topic, self.stream):
+            if value:
+                return value
+        raise ValueError("a stream source names a subject, queue, topic or stream")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> StreamSource:
+        named = [k for k in ("subject", "queue", "topic") if getattr(self, k)]
+        if len(named) > 1:
+            raise ValueError(f"name one of subject, queue or topic, not {' and '.join(named)}")
+        if not named and not self.stream:
+            raise ValueError("name what to read: subject (NATS), queue (RabbitMQ), "
+                             "topic (MQTT) or stream (Redis)")
+        return self
 
 
 SourceConfig = Annotated[
@@ -383,6 +423,11 @@ class FilesTriggerConfig(Model):
     marker: str | None = None
     batch_window: Duration = 0.1
     interval: Duration = 30.0
+    events: Literal["eventgrid"] | None = None
+    """Also fire at once on Azure Event Grid / CloudEvents ``BlobCreated`` pushed to
+    ``POST /api/events/{pipeline}``; listing every ``interval`` still reconciles."""
+    token: str | None = None
+    """The bearer token event pushes must carry (``${env:...}``)."""
 
 
 class TableChangeConfig(Model):

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
     from headwater.runtime import ProjectRuntime
 
+CommitHook = tuple[Callable[[], None], Callable[[], None] | None]
+"""(done, undone): what a step asked to run after the run's commit, or instead of it."""
+
 LogSink = Callable[[str | None, str, str, Mapping[str, Any]], None]
 """(step_id, level, message, fields) → None: the run's log, persisted and displayed."""
 
@@ -41,6 +44,8 @@ class RunContext:
     _cursor: duckdb.DuckDBPyConnection | None = None
     _on_interrupt: list[Callable[[], None]] = field(default_factory=list)
     interrupted: str | None = None
+    commit_hooks: list[CommitHook] = field(default_factory=list)
+    """Shared by every step of the run; the engine calls them when the run ends."""
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         if self._cursor is None:
@@ -59,6 +64,11 @@ class RunContext:
     def on_interrupt(self, callback: Callable[[], None]) -> None:
         """Register how to stop this step's work early (kill a process, close a socket)."""
         self._on_interrupt.append(callback)
+
+    def after_commit(self, done: Callable[[], None],
+                     undone: Callable[[], None] | None = None) -> None:
+        """See ``steps.base.StepContext.after_commit``."""
+        self.commit_hooks.append((done, undone))
 
     def interrupt(self, reason: str) -> None:
         """Stop the step: DuckDB queries are interrupted, registered callbacks run."""

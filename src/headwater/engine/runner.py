@@ -24,7 +24,7 @@ from typing import Any
 from headwater.config.models import StepBase, step_kind
 from headwater.config.secrets import REDACTOR
 from headwater.engine import duckdb_pool
-from headwater.engine.context import RunContext
+from headwater.engine.context import CommitHook, RunContext
 from headwater.engine.executor import Executor, make_executor
 from headwater.engine.plan import Plan, plan
 from headwater.exceptions import (
@@ -104,6 +104,7 @@ class RunEngine:
         self.cancel_event = threading.Event()
         self.state = _RunState()
         self._stopped = threading.Event()
+        self._commit_hooks: list[CommitHook] = []
         from headwater.lineage.openlineage import emitter_for
 
         self.lineage = emitter_for(project)
@@ -168,6 +169,7 @@ class RunEngine:
                 duckdb_pool.release(db)
             else:
                 db.close()  # a failed step may still be running in an abandoned thread
+        self._settle_commit_hooks()
         if self.state.failure is not None:
             status = "cancelled" if self.cancel_event.is_set() else "failed"
             self._finish(status, self.state.failure.message, self.state.failure.step_id or None)
@@ -175,6 +177,28 @@ class RunEngine:
             self._finish("succeeded", None, None)
         self._lineage_end(merge_outputs(list(self.state.lineage.values())))
         return self.store.run(self.run_id)
+
+    def _settle_commit_hooks(self) -> None:
+        """After the commit (or the failure) call what steps registered with
+        ``ctx.after_commit``: a stream source acknowledges its messages only now.
+
+        A hook that fails does not fail the run: the data is committed, and whatever the
+        hook would have done is repeated safely by the next run (a message not
+        acknowledged is redelivered and dropped as already committed).
+        """
+        committed = self.state.failure is None
+        if committed and self._commit_hooks:
+            _crash_point("after_commit")
+        for done, undone in self._commit_hooks:
+            hook = done if committed else undone
+            if hook is None:
+                continue
+            try:
+                hook()
+            except Exception as exc:  # noqa: BLE001 - a hook must never change the outcome
+                what = "after the commit" if committed else "after the failure"
+                self._log(None, "warning", f"{what}: {type(exc).__name__}: {exc}", {})
+        self._commit_hooks.clear()
 
     def _lineage_end(self, read: StepOutput | None) -> None:
         """COMPLETE (with what was published and read) or FAIL/ABORT, if configured."""
@@ -350,7 +374,7 @@ class RunEngine:
                 step_id=sid, attempt=number, code_version=code, trigger=self.run["trigger"],
                 project=self.project, workdir=workdir, inputs=inputs, lineage=lineage,
                 template_vars=template_vars, db=db, sink=self._log,
-                cancel_event=self.cancel_event)
+                cancel_event=self.cancel_event, commit_hooks=self._commit_hooks)
 
         lazy = [(u, self.state.outputs[u]) for u in dag.upstream(sid)
                 if u in self.state.outputs and self.state.outputs[u].info.get("lazy")]
@@ -473,6 +497,15 @@ def _blame_lazy_source(exc: BaseException, lazy: list[tuple[str, StepOutput]],
                                  files, sid, root=project.root)
     where = next((s.get("path") for s in output.sources if s.get("path")), "")
     return REDACTOR(f"step '{sid}' (source files {where}) failed: {translated.message}")
+
+
+def _crash_point(name: str) -> None:
+    """Tests of the crash guarantees: ``HEADWATER_CRASH_AT=<name>`` kills this process
+    (SIGKILL, no clean-up) at that point, as a power cut would."""
+    if os.environ.get("HEADWATER_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _code_version(project: ProjectRuntime, pf: Any) -> str:

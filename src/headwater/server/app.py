@@ -127,6 +127,9 @@ def create_app(server: Server) -> FastAPI:
 
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    from headwater.server import events  # Event Grid / CloudEvents pushes
+
+    events.add_routes(app, server)
     return app
 
 

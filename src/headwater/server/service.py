@@ -334,6 +334,8 @@ def _incremental(runtime: ProjectRuntime, pipeline: str) -> bool:
         source = getattr(step, "source", None)
         if source is not None and getattr(source, "incremental", None):
             return True
+        if source is not None and getattr(source, "type", None) == "stream":
+            return True  # its ledger of committed messages is incremental state too
     return False
 
 

@@ -105,6 +105,14 @@ class StepContext(Protocol):
 
     def cancelled(self) -> bool: ...
 
+    def after_commit(self, done: Callable[[], None],
+                     undone: Callable[[], None] | None = None) -> None:
+        """Call ``done`` once the run's data and state are committed, else ``undone``.
+
+        For work that must follow the commit, never precede it: a stream source
+        acknowledges its messages here, so a crash before the commit redelivers them.
+        """
+
 
 StepFunction = Callable[["StepContext", Any], StepOutput]
 

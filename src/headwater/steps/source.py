@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from headwater.config.models import DatasetSource, FilesSource, SourceStep
+from headwater.config.models import DatasetSource, FilesSource, SourceStep, StreamSource
 from headwater.connectors import files as fileconn
 from headwater.datasets import delta
 from headwater.exceptions import ConfigError, HeadwaterError, TerminalSourceError
@@ -29,6 +29,10 @@ def run_source(ctx: StepContext, step: SourceStep) -> StepOutput:
         return _files(ctx, source)
     if isinstance(source, DatasetSource):
         return _dataset(ctx, source)
+    if isinstance(source, StreamSource):
+        from headwater.steps.stream import run_stream  # broker clients load only if used
+
+        return run_stream(ctx, source)
     raise ConfigError(f"source type {source.type!r} is not available yet in this version "
                       "(available: files, dataset)", problems=[])
 

@@ -1,0 +1,1 @@
+"""One module per broker behind the stream source (see ``base.BrokerAdapter``)."""
