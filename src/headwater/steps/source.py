@@ -14,12 +14,13 @@ from typing import Any
 
 import duckdb
 
-from headwater.config.models import DatasetSource, FilesSource, SourceStep
+from headwater.config.models import DatasetSource, FilesSource, HttpSource, SourceStep
 from headwater.connectors import files as fileconn
 from headwater.datasets import delta
 from headwater.exceptions import ConfigError, HeadwaterError, TerminalSourceError
 from headwater.sqltext import text as sql_string
 from headwater.steps.base import StepContext, StepOutput, register, state_key
+from headwater.steps.http_source import read_http
 
 
 @register("source")
@@ -29,8 +30,10 @@ def run_source(ctx: StepContext, step: SourceStep) -> StepOutput:
         return _files(ctx, source)
     if isinstance(source, DatasetSource):
         return _dataset(ctx, source)
+    if isinstance(source, HttpSource):
+        return read_http(ctx, source)
     raise ConfigError(f"source type {source.type!r} is not available yet in this version "
-                      "(available: files, dataset)", problems=[])
+                      "(available: files, dataset, http)", problems=[])
 
 
 def storage_options(ctx: StepContext, connection: str | None) -> dict[str, Any] | None:
