@@ -141,7 +141,7 @@ def request_json(client: httpx.Client, method: str, url: str, policy: RetryPolic
             return response, parse_json(response)
         if attempt > policy.retries:
             raise error if error is not None else AssertionError("unreachable")
-        if _sleep(policy.delay(attempt, response), cancelled):
+        if sleep(policy.delay(attempt, response), cancelled):
             raise TerminalSourceError(f"cancelled while waiting to retry {_where(url)}")
 
 
@@ -190,7 +190,7 @@ def _where(url: str) -> str:
     return REDACTOR(url)
 
 
-def _sleep(seconds: float, cancelled: Cancelled) -> bool:
+def sleep(seconds: float, cancelled: Cancelled) -> bool:
     """Sleep in short slices; True if cancelled meanwhile."""
     end = time.monotonic() + seconds
     while True:
