@@ -41,6 +41,7 @@ class RunContext:
     _cursor: duckdb.DuckDBPyConnection | None = None
     _on_interrupt: list[Callable[[], None]] = field(default_factory=list)
     interrupted: str | None = None
+    parking: str | None = None
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         if self._cursor is None:

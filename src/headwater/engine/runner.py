@@ -35,6 +35,7 @@ from headwater.exceptions import (
 )
 from headwater.runtime import ProjectRuntime
 from headwater.steps.base import StepOutput, step_function
+from headwater.steps.waits import Parked
 
 log = logging.getLogger("headwater.engine")
 
@@ -70,6 +71,8 @@ class _RunState:
     lineage: dict[str, StepOutput] = field(default_factory=dict)
     attempts: dict[str, _Attempt] = field(default_factory=dict)
     failure: StepFailure | None = None
+    parked: str | None = None
+    """The step that parked the run (waiting under serve), if any."""
 
 
 def merge_outputs(parts: list[StepOutput]) -> StepOutput:
@@ -94,8 +97,10 @@ class RunEngine:
     """Runs one run to the end. Create one per run; not reusable."""
 
     def __init__(self, project: ProjectRuntime, run_id: str,
-                 observer: Observer | None = None, worker: str | None = None) -> None:
+                 observer: Observer | None = None, worker: str | None = None,
+                 parking: str | None = None) -> None:
         self.project = project
+        self.parking = parking
         self.store = project.store
         self.run = self.store.run(run_id)
         self.run_id = str(self.run["id"])
@@ -168,6 +173,8 @@ class RunEngine:
                 duckdb_pool.release(db)
             else:
                 db.close()  # a failed step may still be running in an abandoned thread
+        if self.state.parked is not None and self.state.failure is None:
+            return self._park()
         if self.state.failure is not None:
             status = "cancelled" if self.cancel_event.is_set() else "failed"
             self._finish(status, self.state.failure.message, self.state.failure.step_id or None)
@@ -186,6 +193,16 @@ class RunEngine:
             self.lineage.complete(run, self.store.versions_by_run(self.run_id), inputs)
         else:
             self.lineage.fail(run, run["error"] or run["status"])
+
+    def _park(self) -> dict[str, Any]:
+        """A step is waiting: leave the run ``waiting`` (no worker, no slot) for the
+        server's waiter to continue; nothing is committed until it does."""
+        from headwater.store.waits import park_run
+
+        park_run(self.store, self.run_id)
+        self._log(self.state.parked, "info", "run parked: waiting without a worker", {})
+        self._emit("run_parked", run_id=self.run_id, step_id=self.state.parked)
+        return self.store.run(self.run_id)
 
     def _heartbeat(self) -> None:
         """Tell other servers this run is alive (they take over runs whose beat stops)."""
@@ -263,7 +280,8 @@ class RunEngine:
         pending = [sid for sid in dag.order if sid not in done]
         cancel_checked = 0.0
         while pending or running:
-            if self.state.failure is None and not self.cancel_event.is_set():
+            if self.state.failure is None and self.state.parked is None and \
+                    not self.cancel_event.is_set():
                 for sid in [s for s in pending if all(d in done for d in dag.deps[s])]:
                     pending.remove(sid)
                     running[self._submit(executor, dag, db, sid, workdir, code,
@@ -280,6 +298,9 @@ class RunEngine:
                 except StepFailure as failure:
                     self.state.failure = self.state.failure or failure
                     continue
+                except Parked:
+                    self.state.parked = sid
+                    continue
                 self._accept(dag, db, sid, output)
                 done.add(sid)
             now = time.monotonic()
@@ -291,7 +312,7 @@ class RunEngine:
                     self.state.failure = self.state.failure or StepFailure(
                         sid, f"step '{sid}' did not stop within {ABANDON_GRACE:g}s of being "
                              "interrupted (its code ignores interrupts); abandoned")
-        for sid in pending:
+        for sid in pending if self.state.parked is None or self.state.failure else ():
             self.store.record_step(self.run_id, sid, dag.kind(sid), "skipped")
         if self.cancel_event.is_set() and self.state.failure is None:
             self.state.failure = StepFailure("", "cancelled by request")
@@ -349,7 +370,7 @@ class RunEngine:
                 step_id=sid, attempt=number, code_version=code, trigger=self.run["trigger"],
                 project=self.project, workdir=workdir, inputs=inputs, lineage=lineage,
                 template_vars=template_vars, db=db, sink=self._log,
-                cancel_event=self.cancel_event)
+                cancel_event=self.cancel_event, parking=self.parking)
 
         lazy = [(u, self.state.outputs[u]) for u in dag.upstream(sid)
                 if u in self.state.outputs and self.state.outputs[u].info.get("lazy")]
@@ -368,6 +389,12 @@ class RunEngine:
             started = time.perf_counter()
             try:
                 output = step_function(kind)(ctx, step)
+            except Parked:
+                from headwater.store.waits import mark_step_waiting
+
+                mark_step_waiting(self.store, attempt_id, time.perf_counter() - started)
+                self._emit("step_finished", step_id=step.id, status="waiting")
+                raise
             except (Exception, SystemExit) as exc:  # every failure is recorded, then raised
                 seconds = time.perf_counter() - started
                 message = _blame_lazy_source(exc, lazy, self.project) or \
@@ -400,7 +427,7 @@ class RunEngine:
     def _commit_leftovers(self, dag: Plan, db: Any, workdir: Path, code: str,
                           template_vars: Mapping[str, Any]) -> None:
         """Quarantined rows and incremental state no publish step carried: commit them now."""
-        if self.state.failure is not None:
+        if self.state.failure is not None or self.state.parked is not None:
             return
         carried_rejected: set[str] = set()
         carried_state: set[str] = set()
@@ -485,6 +512,10 @@ def _code_version(project: ProjectRuntime, pf: Any) -> str:
 
 
 def execute_run(project: ProjectRuntime, run_id: str, observer: Observer | None = None,
-                worker: str | None = None) -> dict[str, Any]:
-    """Execute a queued run and return its final row (status, error, ...)."""
-    return RunEngine(project, run_id, observer, worker).execute()
+                worker: str | None = None, parking: str | None = None) -> dict[str, Any]:
+    """Execute a queued run and return its final row (status, error, ...).
+
+    ``parking`` (the server's base URL) lets a waiting step park the run: it then returns
+    ``waiting`` and the server's waiter continues it later.
+    """
+    return RunEngine(project, run_id, observer, worker, parking).execute()

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from headwater.config.secrets import REDACTOR, resolve
 from headwater.exceptions import HeadwaterError, NotFoundError
 from headwater.project import coerce_params
+from headwater.server.callbacks import router as callback_routes
 from headwater.store import queue
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ def create_app(server: Server) -> FastAPI:
 
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(callback_routes(server))  # wait: callback (D2)
     return app
 
 

@@ -94,6 +94,9 @@ class StepContext(Protocol):
     lineage: StepOutput
     """Sources, state, rejected rows and inputs merged from every upstream step."""
     template_vars: Mapping[str, Any]
+    parking: str | None
+    """Under ``headwater serve``: the server's base URL, and a waiting step may park the
+    run (record a wait, raise ``steps.waits.Parked``). None: the step waits itself."""
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection for this step's thread; earlier steps are views in it."""

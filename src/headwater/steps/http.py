@@ -3,12 +3,15 @@
 The start call's JSON is ``response`` in the wait's templates, so a poll URL can name the
 job the call created (``.../jobs/{{ response.id }}``). The last JSON seen (the start
 call's when there is no wait) is the step's output: a one-row relation later steps read
-like any other. Under ``headwater run`` the step waits in its own thread; nothing but the
-wait's own ``timeout`` (and the step's) bounds it.
+like any other. Under ``headwater run`` the step polls in its own thread. Under
+``headwater serve`` it parks: it records the wait in the store and raises ``Parked``, and
+the server's waiter finishes the step later (``server/waiter.py``), holding no worker.
 """
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from headwater.config.models import HttpCallConfig, HttpStep, HttpWait
@@ -17,34 +20,71 @@ from headwater.config.templates import render
 from headwater.connectors import http as httpconn
 from headwater.exceptions import ConfigError
 from headwater.steps.base import StepContext, StepOutput, register
-from headwater.steps.waits import PollWait, check_conditions, json_output, wait_by_polling
+from headwater.steps.waits import (
+    Parked,
+    PollWait,
+    check_conditions,
+    json_output,
+    wait_by_polling,
+)
+from headwater.store import waits as waitstore
+
+CALLBACK_TIMEOUT = 24 * 3600.0
+"""How long a callback is awaited unless the step sets ``timeout``."""
 
 
 @register("http")
 def run_http(ctx: StepContext, step: HttpStep) -> StepOutput:
     call = step.http
     if call.wait == "callback":
-        raise ConfigError(f"step '{ctx.step_id}': wait: callback needs `headwater serve` "
-                          "(it serves the callback URL); use wait: poll under headwater run",
-                          problems=[])
+        return _callback(ctx, step)
     if isinstance(call.wait, HttpWait) and call.wait.poll is not None:
         check_conditions(_poll_wait(call, call.wait, {}, render_urls=False))
-    body, status = start_call(ctx, call)
+    body, status = start_call(ctx, call, ctx.template_vars)
     if not isinstance(call.wait, HttpWait) or call.wait.poll is None:
         return json_output(ctx.workdir, ctx.step_id, body, status=status)
     variables = {**ctx.template_vars, "response": body}
     wait = _poll_wait(call, call.wait, variables)
     ctx.log(f"started: {status}; polling {REDACTOR(wait.url)} every {wait.every:g}s "
             f"until {wait.until!r}")
+    if ctx.parking is not None:
+        token = secrets.token_urlsafe(32)
+        waitstore.add(ctx.project.store, token=token, run_id=ctx.run_id, step_id=ctx.step_id,
+                      kind="poll", spec={"poll": wait.to_json(), "status": status},
+                      every=wait.every, timeout=wait.timeout)
+        raise Parked(token)
     final = wait_by_polling(wait, ctx.cancelled, ctx.log)
     return json_output(ctx.workdir, ctx.step_id, final, status=status)
 
 
-def start_call(ctx: StepContext, call: HttpCallConfig) -> tuple[Any, int]:
+def _callback(ctx: StepContext, step: HttpStep) -> StepOutput:
+    """Record a one-time callback URL, pass it to the start call, park the run."""
+    if ctx.parking is None:
+        raise ConfigError(f"step '{ctx.step_id}': wait: callback needs `headwater serve` "
+                          "(it serves the callback URL); use wait: poll under headwater run",
+                          problems=[])
+    token = secrets.token_urlsafe(32)
+    REDACTOR.add(token)  # whoever holds the URL can complete the step: never log it
+    url = f"{ctx.parking.rstrip('/')}/api/callbacks/{token}"
+    waitstore.add(ctx.project.store, token=token, run_id=ctx.run_id, step_id=ctx.step_id,
+                  kind="callback", spec={}, every=None,
+                  timeout=step.timeout or CALLBACK_TIMEOUT)
+    try:
+        start_call(ctx, step.http, {**ctx.template_vars,
+                                    "callback": {"url": url, "token": token}})
+    except BaseException:
+        waitstore.drop(ctx.project.store, token)
+        raise
+    ctx.log("started; waiting for the callback")
+    raise Parked(token)
+
+
+def start_call(ctx: StepContext, call: HttpCallConfig,
+               variables: Mapping[str, Any]) -> tuple[Any, int]:
     """Send the rendered start request; returns (its JSON, its status code)."""
-    url = resolve(ctx.render(call.url))
-    headers = {k: ctx.render(v) for k, v in call.headers.items()}
-    payload = _render_json(call.json_, ctx.template_vars)
+    url = resolve(render(call.url, variables))
+    headers = {k: render(v, variables) for k, v in call.headers.items()}
+    payload = _render_json(call.json_, variables)
     policy = httpconn.RetryPolicy(call.max_retries, call.backoff, call.request_timeout)
     with httpconn.make_client(call.auth, headers, policy, ctx.cancelled) as client:
         extra = {"json": payload} if payload is not None else {}

@@ -30,6 +30,14 @@ from headwater.steps.base import StepOutput
 _AUTH: TypeAdapter[Any] = TypeAdapter(HttpAuth)
 
 
+class Parked(Exception):
+    """Raised by a step that recorded a wait in the store: the engine parks the run."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.token = token
+
+
 @dataclass(frozen=True)
 class PollWait:
     """A rendered ``wait: {poll: ...}``: what to ask, how often, until when."""
