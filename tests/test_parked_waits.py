@@ -142,3 +142,20 @@ def test_callback_under_headwater_run_says_it_needs_serve(make_project: ProjectF
         assert "failed" == run.status
         assert "wait: callback needs `headwater serve`" in (run.error or "")
         assert [] == api.calls("/start")
+
+
+def test_cancel_of_a_parked_run(make_project: ProjectFactory,
+                                serve: Callable[..., Served]) -> None:
+    """Cancelling a waiting run ends it ``cancelled`` and its callback URL stops working."""
+    with serve_api({"/start": lambda req: (202, {}, {})}) as api:
+        root = make_project({"cb": CALLBACK.replace("URL", api.url)})
+        server = serve(root)
+        httpx.post(f"{server.url}/api/pipelines/cb/runs", json={})
+        with hw.Project(root) as project:
+            run = wait_for(lambda: [r for r in project.runs("cb") if r.status == "waiting"],
+                           timeout=30)[0]
+            url: Any = api.calls("/start")[0].body["notify"]
+            assert 200 == httpx.post(f"{server.url}/api/runs/{run.id}/cancel").status_code
+            wait_for(lambda: "cancelled" == project.get_run(run.id).status, timeout=30)
+            assert 409 == httpx.post(url, json={"late": True}).status_code
+        server.stop()

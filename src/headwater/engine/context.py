@@ -57,6 +57,12 @@ class RunContext:
     def cancelled(self) -> bool:
         return self.cancel_event.is_set() or self.interrupted is not None
 
+    def run_child(self, run_id: str) -> dict[str, Any]:
+        """Execute a child run (``run_pipeline`` under ``headwater run``) in this thread."""
+        from headwater.engine.runner import execute_run
+
+        return execute_run(self.project, run_id)
+
     def on_interrupt(self, callback: Callable[[], None]) -> None:
         """Register how to stop this step's work early (kill a process, close a socket)."""
         self._on_interrupt.append(callback)

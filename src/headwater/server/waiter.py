@@ -1,8 +1,9 @@
 """The waiter: polls parked ``http`` waits and continues (or fails) their runs.
 
 A parked run holds no thread: its wait is a row in the store (``store/waits.py``). Every
-half second the waiter polls the waits that are due (one request each), expires
-callbacks past their deadline, and for every wait that ended, either records the final
+half second the waiter cancels parked runs asked to stop, polls the waits that are due
+(one request each), checks child runs of ``run_pipeline``, expires callbacks past their
+deadline, and for every wait that ended, either records the final
 JSON as the waited step's output and queues the run again (it resumes with every finished
 step reused), or fails the run naming the step and the cause. Any server may do this, so
 waits survive a restart; the conditional updates in the store make each outcome apply once.
@@ -19,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from headwater.config.secrets import REDACTOR
 from headwater.exceptions import HeadwaterError
 from headwater.runtime import ProjectRuntime
+from headwater.steps.run_pipeline import FINAL, child_failure, child_outcome
 from headwater.steps.waits import PollWait, json_output, poll_once, timed_out
 from headwater.store import waits as waitstore
-from headwater.store.store import utcnow
+from headwater.store.store import Store, utcnow
 
 if TYPE_CHECKING:
     from headwater.server.service import Server
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("headwater.server")
 
 TICK_SECONDS = 0.5
+CHILD_CHECK_SECONDS = 1.0
 
 
 def callback_base(host: str, port: int) -> str:
@@ -57,8 +60,12 @@ async def run_waiter(server: Server) -> None:
 def tick(runtime: ProjectRuntime) -> int:
     """One round: poll what is due, expire callbacks, settle what ended. Runs resumed."""
     store = runtime.store
-    for row in waitstore.due_polls(store):
+    for run_id in waitstore.cancelled_waiting_runs(store):
+        waitstore.cancel_waiting_run(store, run_id)
+    for row in waitstore.due(store, "poll"):
         _poll(runtime, row)
+    for row in waitstore.due(store, "run"):
+        _check_child(store, row)
     for row in waitstore.expired_callbacks(store):
         waitstore.fail(store, row["token"], "timed out waiting for the callback (no POST "
                                             "to its URL before the deadline)")
@@ -87,6 +94,26 @@ def _poll(runtime: ProjectRuntime, row: dict[str, Any]) -> None:
                       REDACTOR(f"waiting for {wait.url}: {result.status}"), None)
 
 
+def _check_child(store: Store, row: dict[str, Any]) -> None:
+    """A ``run_pipeline`` wait: done when the child run ends (failed with its error)."""
+    child = store.run(row["spec"]["child_run_id"])
+    if child["status"] in FINAL:
+        outcome = child_outcome(child)
+        if child["status"] == "succeeded":
+            waitstore.complete(store, row["token"], outcome)
+        else:
+            waitstore.fail(store, row["token"], child_failure(child))
+        return
+    now = utcnow()
+    if row["deadline"] is not None and now > row["deadline"]:
+        waitstore.fail(store, row["token"], f"child run {child['id']} of pipeline "
+                                            f"{child['pipeline']!r} did not finish in time "
+                                            f"(still {child['status']})")
+        return
+    waitstore.reschedule(store, row["token"], now + timedelta(seconds=CHILD_CHECK_SECONDS),
+                         str(child["status"]))
+
+
 def _settle(runtime: ProjectRuntime, row: dict[str, Any]) -> int:
     """Continue or fail the parked run of an ended wait (once across servers)."""
     store = runtime.store
@@ -94,7 +121,8 @@ def _settle(runtime: ProjectRuntime, row: dict[str, Any]) -> int:
         return 0
     run_id, step_id = row["run_id"], row["step_id"]
     if row["status"] == "failed":
-        message = REDACTOR(f"step '{step_id}' (http) failed: {row['error']}")
+        kind = "run_pipeline" if row["kind"] == "run" else "http"
+        message = REDACTOR(f"step '{step_id}' ({kind}) failed: {row['error']}")
         waitstore.fail_waiting_run(store, run_id, step_id, message)
         return 0
     body = (row["result"] or {}).get("json")

@@ -108,6 +108,9 @@ class StepContext(Protocol):
 
     def cancelled(self) -> bool: ...
 
+    def run_child(self, run_id: str) -> dict[str, Any]:
+        """Execute another (already created) run here, to the end; its final row."""
+
 
 StepFunction = Callable[["StepContext", Any], StepOutput]
 

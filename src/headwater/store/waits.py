@@ -53,11 +53,33 @@ def _of_waiting_runs(*conditions: Any) -> Any:
         and_(t.runs.c.status == WAITING, *conditions))
 
 
-def due_polls(store: Store, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Poll waits of parked runs whose next poll is due."""
+def due(store: Store, kind: str, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Waits of ``kind`` (poll, run) of parked runs whose next check is due."""
     now = now or utcnow()
-    return store._read(_of_waiting_runs(t.waits.c.status == WAITING, t.waits.c.kind == "poll",
+    return store._read(_of_waiting_runs(t.waits.c.status == WAITING, t.waits.c.kind == kind,
                                         t.waits.c.due_at <= now).order_by(t.waits.c.due_at))
+
+
+def cancelled_waiting_runs(store: Store) -> list[str]:
+    """Parked runs someone asked to cancel."""
+    rows = store._read(select(t.runs.c.id).where(and_(t.runs.c.status == WAITING,
+                                                      t.runs.c.cancel_requested.is_(True))))
+    return [str(r["id"]) for r in rows]
+
+
+def cancel_waiting_run(store: Store, run_id: str) -> None:
+    """Cancel a parked run: its waits close, its waiting step and the run end cancelled."""
+    now = utcnow()
+    with store.tx() as conn:
+        conn.execute(update(t.waits).where(and_(t.waits.c.run_id == run_id,
+                                                t.waits.c.status == WAITING)).values(
+            status="closed", error="cancelled"))
+        conn.execute(update(t.step_runs).where(and_(
+            t.step_runs.c.run_id == run_id, t.step_runs.c.status == WAITING)).values(
+            status="cancelled", finished_at=now, error="cancelled while waiting"))
+        conn.execute(update(t.runs).where(and_(t.runs.c.id == run_id,
+                                               t.runs.c.status == WAITING)).values(
+            status="cancelled", finished_at=now, error="cancelled by request while waiting"))
 
 
 def expired_callbacks(store: Store, now: datetime | None = None) -> list[dict[str, Any]]:
