@@ -156,7 +156,10 @@ def test_http_and_run_pipeline_steps_are_checked(make_project: ProjectFactory) -
     steps:
       - id: call
         http: {url: "http://127.0.0.1:9/x", wait: {poll: {url: "http://x", until: "done"}}}
+      - id: bad
+        http: {url: "http://127.0.0.1:9/x", wait: {poll: {url: "http://x", until: "a =="}}}
     """})
     messages = sorted(str(p["message"]) for p in _problems(root))
-    assert ["no pipeline 'othr' in pipelines/; did you mean 'other'?",
+    assert ["invalid condition 'a ==': unexpected 'end of template'",
+            "no pipeline 'othr' in pipelines/; did you mean 'other'?",
             "pipeline 'p' cannot run itself (that would never end)"] == messages

@@ -16,6 +16,7 @@ from headwater.config.models import (
     DatasetSource,
     FilesSource,
     HttpSource,
+    HttpStep,
     PublishStep,
     PythonStep,
     RunPipelineStep,
@@ -84,6 +85,8 @@ def _references(runtime: ProjectRuntime, pf: PipelineFile,
                                     f"source type {source.type!r} is not available yet"))
         if isinstance(step, RunPipelineStep):
             out.extend(_child_pipeline(runtime, pf, loc, step))
+        if isinstance(step, HttpStep):
+            out.extend(_wait_conditions(pf, loc, step))
         if isinstance(step, PythonStep):
             module = step.python.split(":")[0]
             rel = module.replace(".", "/")
@@ -95,6 +98,26 @@ def _references(runtime: ProjectRuntime, pf: PipelineFile,
         if isinstance(step, SqlStep) and step.sql.strip().endswith(".sql") and \
                 not (runtime.root / step.sql.strip()).is_file():
             out.append(_problem(pf, (*loc, "sql"), f"SQL file {step.sql.strip()} not found"))
+    return out
+
+
+def _wait_conditions(pf: PipelineFile, loc: tuple[str | int, ...],
+                     step: HttpStep) -> list[dict[str, Any]]:
+    """A polling wait's ``until``/``fail_when`` must parse (they are checked, not run)."""
+    from headwater.config.expressions import compile_condition
+    from headwater.config.models import HttpWait
+
+    wait = step.http.wait
+    if not isinstance(wait, HttpWait) or wait.poll is None:
+        return []
+    out = []
+    for key in ("until", "fail_when"):
+        text = getattr(wait.poll, key)
+        try:
+            if text:
+                compile_condition(text)
+        except ValueError as exc:
+            out.append(_problem(pf, (*loc, "http", "wait", "poll", key), str(exc)))
     return out
 
 

@@ -137,10 +137,11 @@ def request_json(client: httpx.Client, method: str, url: str, policy: RetryPolic
     while True:
         attempt += 1
         response, error = _send(client, method, url, kwargs)
-        if error is None and response is not None:
+        if error is None:
+            assert response is not None  # _send returns a response or an error
             return response, parse_json(response)
         if attempt > policy.retries:
-            raise error if error is not None else AssertionError("unreachable")
+            raise error
         if sleep(policy.delay(attempt, response), cancelled):
             raise TerminalSourceError(f"cancelled while waiting to retry {_where(url)}")
 

@@ -12,8 +12,11 @@ waits survive a restart; the conditional updates in the store make each outcome 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +35,7 @@ log = logging.getLogger("headwater.server")
 
 TICK_SECONDS = 0.5
 CHILD_CHECK_SECONDS = 1.0
+POLL_THREADS = 8
 
 
 def callback_base(host: str, port: int) -> str:
@@ -62,8 +66,11 @@ def tick(runtime: ProjectRuntime) -> int:
     store = runtime.store
     for run_id in waitstore.cancelled_waiting_runs(store):
         waitstore.cancel_waiting_run(store, run_id)
-    for row in waitstore.due(store, "poll"):
-        _poll(runtime, row)
+    polls = waitstore.due(store, "poll")
+    if polls:  # in parallel: one slow API must not delay every other wait
+        with ThreadPoolExecutor(max_workers=min(POLL_THREADS, len(polls)),
+                                thread_name_prefix="hw-wait") as pool:
+            list(pool.map(functools.partial(_poll, runtime), polls))
     for row in waitstore.due(store, "run"):
         _check_child(store, row)
     for row in waitstore.expired_callbacks(store):
@@ -74,7 +81,8 @@ def tick(runtime: ProjectRuntime) -> int:
 
 def _poll(runtime: ProjectRuntime, row: dict[str, Any]) -> None:
     store = runtime.store
-    wait = PollWait.from_json(row["spec"]["poll"])
+    # no retries inside one poll: the next poll is the retry, and a tick stays short
+    wait = dataclasses.replace(PollWait.from_json(row["spec"]["poll"]), retries=0)
     try:
         with wait.client() as client:
             result = poll_once(wait, client, lambda: False)
