@@ -71,6 +71,7 @@ def test_three_runs_wait_at_once_with_one_slot_and_survive_a_restart(
         assert [{"id": f"j{n}", "status": "Succeeded"} for n in range(3)] == \
             sorted(rows, key=lambda r: r["id"])
         assert 3 == len(api.calls("/jobs"))  # each job was started once, not per resume
+        assert "HTTP Request:" not in again.log.read_text()  # polls are not logged per request
         assert 0 == again.stop()
 
 
