@@ -139,16 +139,27 @@ def test_garbage_durations_are_refused(text: str) -> None:
     assert value >= 0
 
 
-def test_step_kinds_not_built_yet_are_reported(make_project: ProjectFactory) -> None:
-    """``check`` says plainly which declared step kinds this version cannot run."""
+def test_http_and_run_pipeline_steps_are_checked(make_project: ProjectFactory) -> None:
+    """``check`` accepts ``http`` and ``run_pipeline`` steps, and names a child pipeline
+    that does not exist (with a suggestion) or a pipeline that would run itself."""
     root = make_project({"p": """
     name: p
     steps:
       - id: call
         http: {url: "http://127.0.0.1:9/x"}
       - id: child
-        run_pipeline: other
+        run_pipeline: {pipeline: othr}
+      - id: me
+        run_pipeline: p
+    """, "other": """
+    name: other
+    steps:
+      - id: call
+        http: {url: "http://127.0.0.1:9/x", wait: {poll: {url: "http://x", until: "done"}}}
+      - id: bad
+        http: {url: "http://127.0.0.1:9/x", wait: {poll: {url: "http://x", until: "a =="}}}
     """})
     messages = sorted(str(p["message"]) for p in _problems(root))
-    assert ["step kind 'http' is not available yet",
-            "step kind 'run_pipeline' is not available yet"] == messages
+    assert ["invalid condition 'a ==': unexpected 'end of template'",
+            "no pipeline 'othr' in pipelines/; did you mean 'other'?",
+            "pipeline 'p' cannot run itself (that would never end)"] == messages

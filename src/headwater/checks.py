@@ -15,6 +15,7 @@ from headwater.config.loader import PROJECT_FILE, PipelineFile
 from headwater.config.models import (
     DatasetSource,
     FilesSource,
+    HttpSource,
     HttpStep,
     PublishStep,
     PythonStep,
@@ -80,12 +81,13 @@ def _references(runtime: ProjectRuntime, pf: PipelineFile,
                 if source.dataset not in known:
                     out.append(_problem(pf, (*loc, "source", "name"),
                                         f"no pipeline publishes dataset {source.dataset!r}"))
-            if not isinstance(source, FilesSource | DatasetSource | StreamSource):
+            if not isinstance(source, FilesSource | DatasetSource | StreamSource | HttpSource):
                 out.append(_problem(pf, (*loc, "source", "type"),
                                     f"source type {source.type!r} is not available yet"))
-        if isinstance(step, HttpStep | RunPipelineStep):
-            key = "http" if isinstance(step, HttpStep) else "run_pipeline"
-            out.append(_problem(pf, (*loc, key), f"step kind {key!r} is not available yet"))
+        if isinstance(step, RunPipelineStep):
+            out.extend(_child_pipeline(runtime, pf, loc, step))
+        if isinstance(step, HttpStep):
+            out.extend(_wait_conditions(pf, loc, step))
         if isinstance(step, PythonStep):
             module = step.python.split(":")[0]
             rel = module.replace(".", "/")
@@ -98,6 +100,41 @@ def _references(runtime: ProjectRuntime, pf: PipelineFile,
                 not (runtime.root / step.sql.strip()).is_file():
             out.append(_problem(pf, (*loc, "sql"), f"SQL file {step.sql.strip()} not found"))
     return out
+
+
+def _wait_conditions(pf: PipelineFile, loc: tuple[str | int, ...],
+                     step: HttpStep) -> list[dict[str, Any]]:
+    """A polling wait's ``until``/``fail_when`` must parse (they are checked, not run)."""
+    from headwater.config.expressions import compile_condition
+    from headwater.config.models import HttpWait
+
+    wait = step.http.wait
+    if not isinstance(wait, HttpWait) or wait.poll is None:
+        return []
+    out = []
+    for key in ("until", "fail_when"):
+        text = getattr(wait.poll, key)
+        try:
+            if text:
+                compile_condition(text)
+        except ValueError as exc:
+            out.append(_problem(pf, (*loc, "http", "wait", "poll", key), str(exc)))
+    return out
+
+
+def _child_pipeline(runtime: ProjectRuntime, pf: PipelineFile, loc: tuple[str | int, ...],
+                    step: RunPipelineStep) -> list[dict[str, Any]]:
+    """``run_pipeline`` must name another pipeline of this project (never itself)."""
+    name = step.run_pipeline.pipeline
+    known = sorted(runtime.pipelines)
+    if name == pf.config.name:
+        return [_problem(pf, (*loc, "run_pipeline"),
+                         f"pipeline {name!r} cannot run itself (that would never end)")]
+    if name in known:
+        return []
+    hint = difflib.get_close_matches(name, known, n=1)
+    return [_problem(pf, (*loc, "run_pipeline"), f"no pipeline {name!r} in pipelines/"
+                     + (f"; did you mean {hint[0]!r}?" if hint else ""))]
 
 
 def _safe_datasets(runtime: ProjectRuntime) -> list[dict[str, Any]]:

@@ -323,6 +323,9 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # httpx logs every request URL at INFO: API polls would flood the log, and a query
+    # string may carry a resolved secret (an api key in `params:`)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     options = ServerOptions(host=host, port=port)
     if worker:
         options.worker = worker

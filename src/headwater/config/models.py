@@ -210,14 +210,86 @@ class SqlSource(Model):
     partitions: dict[str, Any] | None = None
 
 
+class BearerAuth(Model):
+    type: Literal["bearer"]
+    token: str
+
+
+class BasicAuth(Model):
+    type: Literal["basic"]
+    username: str
+    password: str
+
+
+class ApiKeyAuth(Model):
+    type: Literal["api_key"]
+    header: str = "X-API-Key"
+    value: str
+
+
+class OAuth2ClientCredentials(Model):
+    type: Literal["oauth2_client_credentials"]
+    token_url: str
+    client_id: str
+    client_secret: str
+    scope: str | None = None
+
+
+HttpAuth = Annotated[
+    BearerAuth | BasicAuth | ApiKeyAuth | OAuth2ClientCredentials, Field(discriminator="type")]
+"""How an HTTP source or step authenticates; values may be ``${env:...}`` references."""
+
+
+class LinkHeaderPagination(Model):
+    type: Literal["link_header"]
+
+
+class CursorPagination(Model):
+    type: Literal["cursor"]
+    param: str = "cursor"
+    path: str
+    """Where the next cursor is in each page's JSON (``meta.next_cursor``)."""
+
+
+class OffsetPagination(Model):
+    type: Literal["offset"]
+    param: str = "offset"
+    limit: int = Field(default=100, ge=1)
+    limit_param: str = "limit"
+
+
+class PagePagination(Model):
+    type: Literal["page"]
+    param: str = "page"
+    start: int = 1
+
+
+HttpPagination = Annotated[
+    LinkHeaderPagination | CursorPagination | OffsetPagination | PagePagination,
+    Field(discriminator="type")]
+
+
+class HttpIncremental(Model):
+    param: str
+    """The request parameter that carries the last cursor (``since``)."""
+    path: str
+    """Where each record's cursor value is (``updated_at``)."""
+    initial: str | int | float | None = None
+
+
 class HttpSource(Model):
     type: Literal["http"]
     url: str
     params: dict[str, Any] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
-    auth: dict[str, Any] | None = None
+    auth: HttpAuth | None = None
     records: str | None = None
-    pagination: dict[str, Any] | None = None
+    pagination: HttpPagination | None = None
+    incremental: HttpIncremental | None = None
+    max_pages: int = Field(default=10000, ge=1)
+    max_retries: int = Field(default=5, ge=0)
+    backoff: Duration = 1.0
+    request_timeout: Duration = 30.0
 
 
 class StreamSource(Model):
@@ -343,8 +415,10 @@ class PublishStep(StepBase):
 class PollConfig(Model):
     url: str
     until: str
+    fail_when: str | None = None
     every: Duration = 5.0
     timeout: Duration = 3600.0
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 class HttpWait(Model):
@@ -356,7 +430,11 @@ class HttpCallConfig(Model):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict)
     json_: Any = Field(default=None, alias="json")
+    auth: HttpAuth | None = None
     wait: HttpWait | Literal["callback"] | None = None
+    max_retries: int = Field(default=5, ge=0)
+    backoff: Duration = 1.0
+    request_timeout: Duration = 30.0
 
 
 class HttpStep(StepBase):
@@ -369,9 +447,19 @@ class CommandStep(StepBase):
     cwd: str | None = None
 
 
-class RunPipelineStep(StepBase):
-    run_pipeline: str
+def _pipeline_name(value: Any) -> Any:
+    return {"pipeline": value} if isinstance(value, str) else value
+
+
+class RunPipelineConfig(Model):
+    pipeline: str
     params: dict[str, Any] = Field(default_factory=dict)
+    wait: Literal[True] = True
+    """Only waiting is supported: the step's result is the child run's result."""
+
+
+class RunPipelineStep(StepBase):
+    run_pipeline: Annotated[RunPipelineConfig, BeforeValidator(_pipeline_name)]
 
 
 StepConfig = (

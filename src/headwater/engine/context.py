@@ -46,6 +46,7 @@ class RunContext:
     interrupted: str | None = None
     commit_hooks: list[CommitHook] = field(default_factory=list)
     """Shared by every step of the run; the engine calls them when the run ends."""
+    parking: str | None = None
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         if self._cursor is None:
@@ -60,6 +61,12 @@ class RunContext:
 
     def cancelled(self) -> bool:
         return self.cancel_event.is_set() or self.interrupted is not None
+
+    def run_child(self, run_id: str) -> dict[str, Any]:
+        """Execute a child run (``run_pipeline`` under ``headwater run``) in this thread."""
+        from headwater.engine.runner import execute_run
+
+        return execute_run(self.project, run_id)
 
     def on_interrupt(self, callback: Callable[[], None]) -> None:
         """Register how to stop this step's work early (kill a process, close a socket)."""

@@ -35,6 +35,7 @@ from headwater.exceptions import (
 )
 from headwater.runtime import ProjectRuntime
 from headwater.steps.base import StepOutput, step_function
+from headwater.steps.waits import Parked
 
 log = logging.getLogger("headwater.engine")
 
@@ -70,6 +71,8 @@ class _RunState:
     lineage: dict[str, StepOutput] = field(default_factory=dict)
     attempts: dict[str, _Attempt] = field(default_factory=dict)
     failure: StepFailure | None = None
+    parked: str | None = None
+    """The step that parked the run (waiting under serve), if any."""
 
 
 def merge_outputs(parts: list[StepOutput]) -> StepOutput:
@@ -94,8 +97,10 @@ class RunEngine:
     """Runs one run to the end. Create one per run; not reusable."""
 
     def __init__(self, project: ProjectRuntime, run_id: str,
-                 observer: Observer | None = None, worker: str | None = None) -> None:
+                 observer: Observer | None = None, worker: str | None = None,
+                 parking: str | None = None) -> None:
         self.project = project
+        self.parking = parking
         self.store = project.store
         self.run = self.store.run(run_id)
         self.run_id = str(self.run["id"])
@@ -169,6 +174,9 @@ class RunEngine:
                 duckdb_pool.release(db)
             else:
                 db.close()  # a failed step may still be running in an abandoned thread
+        if self.state.parked is not None and self.state.failure is None:
+            self._settle_commit_hooks(committed=False)  # nothing committed yet: no acks
+            return self._park()
         self._settle_commit_hooks()
         if self.state.failure is not None:
             status = "cancelled" if self.cancel_event.is_set() else "failed"
@@ -178,7 +186,7 @@ class RunEngine:
         self._lineage_end(merge_outputs(list(self.state.lineage.values())))
         return self.store.run(self.run_id)
 
-    def _settle_commit_hooks(self) -> None:
+    def _settle_commit_hooks(self, committed: bool | None = None) -> None:
         """After the commit (or the failure) call what steps registered with
         ``ctx.after_commit``: a stream source acknowledges its messages only now.
 
@@ -186,7 +194,8 @@ class RunEngine:
         hook would have done is repeated safely by the next run (a message not
         acknowledged is redelivered and dropped as already committed).
         """
-        committed = self.state.failure is None
+        if committed is None:
+            committed = self.state.failure is None
         if committed and self._commit_hooks:
             _crash_point("after_commit")
         for done, undone in self._commit_hooks:
@@ -210,6 +219,16 @@ class RunEngine:
             self.lineage.complete(run, self.store.versions_by_run(self.run_id), inputs)
         else:
             self.lineage.fail(run, run["error"] or run["status"])
+
+    def _park(self) -> dict[str, Any]:
+        """A step is waiting: leave the run ``waiting`` (no worker, no slot) for the
+        server's waiter to continue; nothing is committed until it does."""
+        from headwater.store.waits import park_run
+
+        park_run(self.store, self.run_id)
+        self._log(self.state.parked, "info", "run parked: waiting without a worker", {})
+        self._emit("run_parked", run_id=self.run_id, step_id=self.state.parked)
+        return self.store.run(self.run_id)
 
     def _heartbeat(self) -> None:
         """Tell other servers this run is alive (they take over runs whose beat stops)."""
@@ -288,7 +307,8 @@ class RunEngine:
         pending = [sid for sid in dag.order if sid not in done]
         cancel_checked = 0.0
         while pending or running:
-            if self.state.failure is None and not self.cancel_event.is_set():
+            if self.state.failure is None and self.state.parked is None and \
+                    not self.cancel_event.is_set():
                 for sid in [s for s in pending if all(d in done for d in dag.deps[s])]:
                     pending.remove(sid)
                     running[self._submit(executor, dag, db, sid, workdir, code,
@@ -305,6 +325,9 @@ class RunEngine:
                 except StepFailure as failure:
                     self.state.failure = self.state.failure or failure
                     continue
+                except Parked:
+                    self.state.parked = sid
+                    continue
                 self._accept(dag, db, sid, output)
                 done.add(sid)
             now = time.monotonic()
@@ -316,7 +339,7 @@ class RunEngine:
                     self.state.failure = self.state.failure or StepFailure(
                         sid, f"step '{sid}' did not stop within {ABANDON_GRACE:g}s of being "
                              "interrupted (its code ignores interrupts); abandoned")
-        for sid in pending:
+        for sid in pending if self.state.parked is None or self.state.failure else ():
             self.store.record_step(self.run_id, sid, dag.kind(sid), "skipped")
         if self.cancel_event.is_set() and self.state.failure is None:
             self.state.failure = StepFailure("", "cancelled by request")
@@ -374,7 +397,8 @@ class RunEngine:
                 step_id=sid, attempt=number, code_version=code, trigger=self.run["trigger"],
                 project=self.project, workdir=workdir, inputs=inputs, lineage=lineage,
                 template_vars=template_vars, db=db, sink=self._log,
-                cancel_event=self.cancel_event, commit_hooks=self._commit_hooks)
+                cancel_event=self.cancel_event, commit_hooks=self._commit_hooks,
+                parking=self.parking)
 
         lazy = [(u, self.state.outputs[u]) for u in dag.upstream(sid)
                 if u in self.state.outputs and self.state.outputs[u].info.get("lazy")]
@@ -393,6 +417,12 @@ class RunEngine:
             started = time.perf_counter()
             try:
                 output = step_function(kind)(ctx, step)
+            except Parked:
+                from headwater.store.waits import mark_step_waiting
+
+                mark_step_waiting(self.store, attempt_id, time.perf_counter() - started)
+                self._emit("step_finished", step_id=step.id, status="waiting")
+                raise
             except (Exception, SystemExit) as exc:  # every failure is recorded, then raised
                 seconds = time.perf_counter() - started
                 message = _blame_lazy_source(exc, lazy, self.project) or \
@@ -425,7 +455,7 @@ class RunEngine:
     def _commit_leftovers(self, dag: Plan, db: Any, workdir: Path, code: str,
                           template_vars: Mapping[str, Any]) -> None:
         """Quarantined rows and incremental state no publish step carried: commit them now."""
-        if self.state.failure is not None:
+        if self.state.failure is not None or self.state.parked is not None:
             return
         carried_rejected: set[str] = set()
         carried_state: set[str] = set()
@@ -519,6 +549,10 @@ def _code_version(project: ProjectRuntime, pf: Any) -> str:
 
 
 def execute_run(project: ProjectRuntime, run_id: str, observer: Observer | None = None,
-                worker: str | None = None) -> dict[str, Any]:
-    """Execute a queued run and return its final row (status, error, ...)."""
-    return RunEngine(project, run_id, observer, worker).execute()
+                worker: str | None = None, parking: str | None = None) -> dict[str, Any]:
+    """Execute a queued run and return its final row (status, error, ...).
+
+    ``parking`` (the server's base URL) lets a waiting step park the run: it then returns
+    ``waiting`` and the server's waiter continues it later.
+    """
+    return RunEngine(project, run_id, observer, worker, parking).execute()

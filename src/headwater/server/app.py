@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from headwater.config.secrets import REDACTOR, resolve
 from headwater.exceptions import HeadwaterError, NotFoundError
 from headwater.project import coerce_params
+from headwater.server.callbacks import router as callback_routes
 from headwater.store import queue
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ def create_app(server: Server) -> FastAPI:
     from headwater.server import events  # Event Grid / CloudEvents pushes
 
     events.add_routes(app, server)
+    app.include_router(callback_routes(server))  # wait: callback (D2)
     return app
 
 

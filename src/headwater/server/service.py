@@ -28,6 +28,7 @@ from headwater.engine.runner import execute_run
 from headwater.exceptions import HeadwaterError
 from headwater.runtime import ProjectRuntime
 from headwater.server import metrics
+from headwater.server.waiter import callback_base, run_waiter
 from headwater.store import queue
 from headwater.triggers.base import Fire, TriggerStatus
 from headwater.triggers.registry import ArmedTrigger, arm_all
@@ -95,6 +96,7 @@ class Server:
                                                        name=f"trigger {armed.name}"))
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatcher"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(run_waiter(self), name="waiter"))
         api = None
         if self.options.api:
             api = await self._start_api()
@@ -265,7 +267,8 @@ class Server:
 
     def _execute(self, run_id: str) -> None:
         try:
-            row = execute_run(self.runtime, run_id, worker=self.worker)
+            row = execute_run(self.runtime, run_id, worker=self.worker,
+                              parking=callback_base(self.options.host, self.options.port))
             metrics.RUNS.labels(row["pipeline"], row["status"]).inc()
             for version in self.store.versions_by_run(run_id):
                 metrics.ROWS_PUBLISHED.labels(version["dataset"]).inc(version["rows_added"])

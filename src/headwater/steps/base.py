@@ -94,6 +94,9 @@ class StepContext(Protocol):
     lineage: StepOutput
     """Sources, state, rejected rows and inputs merged from every upstream step."""
     template_vars: Mapping[str, Any]
+    parking: str | None
+    """Under ``headwater serve``: the server's base URL, and a waiting step may park the
+    run (record a wait, raise ``steps.waits.Parked``). None: the step waits itself."""
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection for this step's thread; earlier steps are views in it."""
@@ -112,6 +115,9 @@ class StepContext(Protocol):
         For work that must follow the commit, never precede it: a stream source
         acknowledges its messages here, so a crash before the commit redelivers them.
         """
+
+    def run_child(self, run_id: str) -> dict[str, Any]:
+        """Execute another (already created) run here, to the end; its final row."""
 
 
 StepFunction = Callable[["StepContext", Any], StepOutput]

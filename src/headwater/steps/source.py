@@ -14,12 +14,19 @@ from typing import Any
 
 import duckdb
 
-from headwater.config.models import DatasetSource, FilesSource, SourceStep, StreamSource
+from headwater.config.models import (
+    DatasetSource,
+    FilesSource,
+    HttpSource,
+    SourceStep,
+    StreamSource,
+)
 from headwater.connectors import files as fileconn
 from headwater.datasets import delta
 from headwater.exceptions import ConfigError, HeadwaterError, TerminalSourceError
 from headwater.sqltext import text as sql_string
 from headwater.steps.base import StepContext, StepOutput, register, state_key
+from headwater.steps.http_source import read_http
 
 
 @register("source")
@@ -33,8 +40,10 @@ def run_source(ctx: StepContext, step: SourceStep) -> StepOutput:
         from headwater.steps.stream import run_stream  # broker clients load only if used
 
         return run_stream(ctx, source)
+    if isinstance(source, HttpSource):
+        return read_http(ctx, source)
     raise ConfigError(f"source type {source.type!r} is not available yet in this version "
-                      "(available: files, dataset)", problems=[])
+                      "(available: files, dataset, http, stream)", problems=[])
 
 
 def storage_options(ctx: StepContext, connection: str | None) -> dict[str, Any] | None:

@@ -174,3 +174,22 @@ trigger_fires = Table(
     Column("run_id", String(40), nullable=True),
     Index("ix_trigger_fires_pipeline", "pipeline", "id"),
 )
+
+waits = Table(
+    "waits",
+    metadata,
+    Column("token", String(64), primary_key=True),
+    Column("run_id", String(40), nullable=False),
+    Column("step_id", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),  # poll | callback
+    Column("status", String(16), nullable=False),  # waiting | done | failed | resumed
+    Column("spec", JSON, nullable=False),
+    Column("result", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=True),
+    Column("deadline", DateTime(timezone=True), nullable=True),
+    Column("last_status", Text, nullable=True),
+    Index("ix_waits_status_due", "status", "due_at"),
+    Index("ix_waits_run", "run_id"),
+)

@@ -226,7 +226,7 @@ class Store:
                     status="cancelled", finished_at=utcnow(), cancel_requested=True,
                     error="cancelled before it started"))
                 return "cancelled"
-            if run["status"] == "running":
+            if run["status"] in ("running", "waiting"):  # a parked run: the waiter ends it
                 conn.execute(update(t.runs).where(t.runs.c.id == run["id"]).values(
                     cancel_requested=True))
                 return "cancelling"
