@@ -119,12 +119,11 @@ def _read(spec: ConnectionSpec, source: SqlSource, *, step_id: str, workdir: Pat
     key_columns: list[str] = []
     cursor = source.incremental.cursor if source.incremental else None
     if source.incremental is not None and cursor is not None:
-        cursor_type = _column_type(dialect, plan, cursor, source.batch_rows)
-        mark = Mark.from_state(previous.get(CURSOR_STATE) or {}, cursor)
-        key_columns = _key_columns(spec, source)
-        start = mark.value if mark is not None else sql_types.from_json(
-            source.incremental.initial, cursor_type) if cursor_type is not None else \
-            source.incremental.initial
+        stored = previous.get(CURSOR_STATE) or {}
+        mark = Mark.from_state(stored, cursor)
+        key_columns = _key_columns(spec, source, stored if mark is not None else {})
+        start = mark.value if mark is not None else _initial(
+            dialect, plan, cursor, source.incremental.initial, source.batch_rows)
         if start is not None:
             plan = _Plan(base=base, where=[f"{_col(dialect, cursor)} >= "
                                            f"{dialect.placeholder(0)}"], params=[start])
@@ -180,9 +179,22 @@ def _column_type(dialect: Dialect, plan: _Plan, column: str,
     return None if pa.types.is_null(kind) else kind
 
 
-def _key_columns(spec: ConnectionSpec, source: SqlSource) -> list[str]:
+def _initial(dialect: Dialect, plan: _Plan, cursor: str, initial: Any,
+             batch_rows: int) -> Any:
+    """The first run's start, typed like the cursor column (so ``'2024-01-01'`` binds)."""
+    if initial is None:
+        return None
+    kind = _column_type(dialect, plan, cursor, batch_rows)
+    return sql_types.from_json(initial, kind) if kind is not None else initial
+
+
+def _key_columns(spec: ConnectionSpec, source: SqlSource,
+                 stored: dict[str, Any]) -> list[str]:
+    """Declared ``key:``, else the primary key found by the first run (kept in the state)."""
     if source.key:
         return list(source.key)
+    if stored.get("key_columns"):
+        return [str(c) for c in stored["key_columns"]]
     found = sql_drivers.primary_key(spec, source.table) if source.table else []
     if not found:
         what = f"table {source.table!r} has no primary key" if source.table else \
@@ -302,8 +314,9 @@ class _PartReader:
         if at_mark is None:
             return batch
         keep = [True] * batch.num_rows
-        hits = pc.indices_nonzero(at_mark).to_pylist()
-        rows = batch.take(pa.array(hits, pa.int64())).select(self.key_columns).to_pylist()
+        positions = pc.indices_nonzero(at_mark)
+        hits = positions.to_pylist()
+        rows = batch.take(positions).select(self.key_columns).to_pylist()
         for index, row in zip(hits, rows, strict=True):
             if sql_types.key_of([row[k] for k in self.key_columns]) in self.mark.keys:
                 keep[index] = False
@@ -311,7 +324,7 @@ class _PartReader:
         if not dropped:
             return batch
         self.part.dropped += dropped
-        return batch.filter(pa.array(keep, pa.bool_()))
+        return batch.filter(sql_types.bool_array(keep))
 
     def _track(self, batch: pa.RecordBatch) -> None:
         assert self.cursor is not None
@@ -347,10 +360,10 @@ def _require(batch: pa.RecordBatch, columns: Sequence[str]) -> None:
 def _equal(column: pa.Array | pa.ChunkedArray, value: Any) -> pa.Array | None:
     """A mask of the rows equal to ``value``, or None when no row can be."""
     try:
-        scalar = pa.scalar(value, type=column.type)
+        scalar = sql_types.arrow_scalar(value, column.type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
         return None
-    mask = pc.fill_null(pc.equal(column, scalar), False)
+    mask = pc.fill_null(pc.equal(column, scalar), sql_types.bool_array([False])[0])
     return mask if pc.any(mask).as_py() else None
 
 

@@ -167,54 +167,72 @@ class PostgresDialect:
         return f"${index + 1}"
 
     def connect(self) -> Session:
+        # The low-level API, not adbc_driver_manager.dbapi: that module imports pandas and
+        # polars (seconds of start-up) for conveniences a stream of batches does not need.
         try:
-            import adbc_driver_postgresql.dbapi as adbc
+            import adbc_driver_manager as adbc
+            import adbc_driver_postgresql
         except ImportError as exc:
             raise _missing("postgres", exc) from None
         url = self.spec.sqlalchemy_url().set(drivername="postgresql")
         if "connect_timeout" not in url.query:
             url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_S)})
         try:
-            conn = adbc.connect(url.render_as_string(hide_password=False))
+            database = adbc_driver_postgresql.connect(url.render_as_string(hide_password=False))
+            conn = adbc.AdbcConnection(database)
         except Exception as exc:  # noqa: BLE001 - every driver error is translated here
             raise connect_failed(self.spec, exc) from None
-        return _AdbcSession(self.spec, conn)
+        return _AdbcSession(self.spec, database, conn)
 
 
 class _AdbcSession:
-    def __init__(self, spec: ConnectionSpec, conn: Any) -> None:
+    def __init__(self, spec: ConnectionSpec, database: Any, conn: Any) -> None:
         self.spec = spec
+        self.database = database
         self.conn = conn
 
     def batches(self, sql: str, params: Sequence[Any], batch_rows: int
                 ) -> Iterator[pa.RecordBatch]:
-        cur = self.conn.cursor()
+        import adbc_driver_manager as adbc
+
+        stmt = adbc.AdbcStatement(self.conn)
         try:
             try:
-                cur.execute(sql, parameters=tuple(params) or None)
-                reader = cur.fetch_record_batch()
+                stmt.set_sql_query(sql)
+                if params:
+                    values = pa.RecordBatch.from_arrays(
+                        [sql_types.one_value(v) for v in params],
+                        names=[f"p{i}" for i in range(len(params))])
+                    schema, array = values.__arrow_c_array__()
+                    stmt.bind(array, schema)
+                handle, _ = stmt.execute_query()
+                reader = pa.RecordBatchReader.from_stream(handle)
             except Exception as exc:  # noqa: BLE001
                 raise _read_error(self.spec, exc) from None
-            normalize = sql_types.BatchNormalizer(reader.schema, sql_types.pg_converter)
-            yielded = False
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    if not yielded:  # an empty result still has a schema
-                        yield pa.RecordBatch.from_pylist([], schema=normalize.schema)
-                    return
-                except Exception as exc:  # noqa: BLE001
-                    raise _read_error(self.spec, exc) from None
-                yielded = True
-                yield normalize(batch)
+            yield from self._normalized(reader)
         finally:
             with contextlib.suppress(Exception):
-                cur.close()
+                stmt.close()
+
+    def _normalized(self, reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+        normalize = sql_types.BatchNormalizer(reader.schema, sql_types.pg_converter)
+        yielded = False
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                if not yielded:  # an empty result still has a schema
+                    yield sql_types.empty_batch(normalize.schema)
+                return
+            except Exception as exc:  # noqa: BLE001
+                raise _read_error(self.spec, exc) from None
+            yielded = True
+            yield normalize(batch)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close()
+        for handle in (self.conn, self.database):
+            with contextlib.suppress(Exception):
+                handle.close()
 
 
 def _read_error(spec: ConnectionSpec, exc: BaseException) -> Exception:

@@ -12,6 +12,7 @@ the Python value the driver binds. This module must never open a connection.
 from __future__ import annotations
 
 import datetime as dt
+import struct
 import uuid
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -236,6 +237,76 @@ def from_json(value: Any, arrow_type: pa.DataType) -> Any:
     if pa.types.is_floating(arrow_type):
         return float(value)
     return value
+
+
+def arrow_scalar(value: Any, arrow_type: pa.DataType | None = None) -> pa.Scalar:
+    """``pa.scalar`` built from raw buffers, so pyarrow does not import pandas for it.
+
+    pyarrow 26 imports pandas (seconds of start-up in a process that otherwise never uses
+    it) on any conversion from Python objects; a cursor value is a single number, time or
+    string, which fixed-width buffers hold directly.
+    """
+    array = _one(value)
+    if array is None:
+        return pa.scalar(value, type=arrow_type)
+    if arrow_type is not None and array.type != arrow_type:
+        array = array.cast(arrow_type)
+    return array[0]
+
+
+def one_value(value: Any) -> pa.Array:
+    """A one-value array of ``value`` (a bound query parameter), pandas-free when it can."""
+    array = _one(value)
+    return array if array is not None else pa.array([value])
+
+
+_EPOCH = dt.datetime(1970, 1, 1)
+_MICRO = dt.timedelta(microseconds=1)
+
+
+def _one(value: Any) -> pa.Array | None:
+    """A one-value array from buffers, or None for a type this does not cover."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return _fixed(pa.int64(), struct.pack("<q", value))
+    if isinstance(value, float):
+        return _fixed(pa.float64(), struct.pack("<d", value))
+    if isinstance(value, dt.datetime):
+        naive = value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+        micros = _fixed(pa.int64(), struct.pack("<q", (naive - _EPOCH) // _MICRO))
+        return micros.cast(pa.timestamp("us", tz="UTC" if value.tzinfo else None))
+    if isinstance(value, dt.date):
+        days = (value - dt.date(1970, 1, 1)).days
+        return _fixed(pa.int32(), struct.pack("<i", days)).cast(pa.date32())
+    if isinstance(value, str | Decimal):
+        data = str(value).encode()
+        text = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(
+            struct.pack("<ii", 0, len(data))), pa.py_buffer(data)])
+        if isinstance(value, Decimal):
+            digits = len(value.as_tuple().digits)
+            scale = max(-int(value.as_tuple().exponent), 0)
+            return text.cast(pa.decimal128(max(digits, scale, 1), scale))
+        return text
+    return None
+
+
+def _fixed(kind: pa.DataType, raw: bytes) -> pa.Array:
+    return pa.Array.from_buffers(kind, 1, [None, pa.py_buffer(raw)])
+
+
+def bool_array(values: Sequence[bool]) -> pa.Array:
+    """A boolean array from Python bools, packed by hand (``pa.array`` imports pandas)."""
+    packed = bytearray((len(values) + 7) // 8)
+    for index, value in enumerate(values):
+        if value:
+            packed[index >> 3] |= 1 << (index & 7)
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bytes(packed))])
+
+
+def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    """A batch of no rows (``pa.array([])`` would import pandas to build it)."""
+    return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
 
 
 def key_of(values: Sequence[Any]) -> tuple[Any, ...]:
