@@ -295,6 +295,19 @@ def _fixed(kind: pa.DataType, raw: bytes) -> pa.Array:
     return pa.Array.from_buffers(kind, 1, [None, pa.py_buffer(raw)])
 
 
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def py_value(scalar: pa.Scalar) -> Any:
+    """``scalar.as_py()``, except a zoned timestamp (which would import pandas for it)."""
+    kind = scalar.type
+    if not pa.types.is_timestamp(kind) or kind.tz is None or not scalar.is_valid:
+        return scalar.as_py()
+    ticks = scalar.cast(pa.int64()).as_py()
+    micros = ticks * 1_000_000 // _PER_SECOND[kind.unit]
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
+
+
 def bool_array(values: Sequence[bool]) -> pa.Array:
     """A boolean array from Python bools, packed by hand (``pa.array`` imports pandas)."""
     packed = bytearray((len(values) + 7) // 8)
