@@ -20,6 +20,7 @@ steps:
 
 
 @pytest.mark.services
+@pytest.mark.slow
 def test_wrong_password_fails_without_printing_it(make_project: ProjectFactory) -> None:
     """A rejected login is reported per connection; the password shows up nowhere."""
     settings = f"""
@@ -47,6 +48,7 @@ def test_wrong_password_fails_without_printing_it(make_project: ProjectFactory) 
 
 
 @pytest.mark.services
+@pytest.mark.slow
 def test_can_read_names_the_missing_table(make_project: ProjectFactory) -> None:
     """Authenticated but unable to read a source's table: the JSON report says which."""
     settings = """

@@ -271,13 +271,14 @@ def _sqlite_db(path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "sqlalchemy"])
-def test_sqlite_and_generic_url_incremental(make_project: ProjectFactory, tmp_path: Path,
-                                            kind: str) -> None:
-    """SQLite (and the same file through a generic SQLAlchemy URL) reads incrementally."""
-    db = tmp_path / "src.db"
-    _sqlite_db(db)
+def test_sqlite_and_generic_url_incremental(make_project: ProjectFactory, kind: str) -> None:
+    """SQLite (and the same file through a generic SQLAlchemy URL) reads incrementally;
+    a relative path is relative to the project folder, wherever the run starts from."""
     source = "{type: sql, connection: db, table: t, incremental: {cursor: id}, batch_rows: 2}"
-    root = _project(make_project, f"sqlite:///{db}", source, kind=kind)
+    root = _project(make_project, "sqlite:///data/src.db", source, kind=kind)
+    db = root / "data" / "src.db"
+    db.parent.mkdir()
+    _sqlite_db(db)
     with hw.Project(root) as project:
         assert project.run("load").ok
         import sqlite3

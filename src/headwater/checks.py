@@ -201,7 +201,7 @@ def _probe_connection(runtime: ProjectRuntime, name: str, kind: str,
     try:
         settings = runtime.connection(name)
         if kind in SQL_TYPES:
-            return list(sqlconn.probe(connection_spec(name, settings), tables))
+            return list(sqlconn.probe(connection_spec(name, settings, runtime.root), tables))
     except HeadwaterError as exc:
         return [("settings", False, exc.message)]
     return [_tcp_probe(settings)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -59,8 +60,12 @@ class ConnectionSpec:
         return url.set(drivername=_SA_DRIVERS.get(url.drivername, url.drivername))
 
 
-def connection_spec(name: str, settings: Mapping[str, Any]) -> ConnectionSpec:
-    """Build the spec from a connection's settings: ``url``, or host/port/user/... fields."""
+def connection_spec(name: str, settings: Mapping[str, Any],
+                    root: Path | None = None) -> ConnectionSpec:
+    """Build the spec from a connection's settings: ``url``, or host/port/user/... fields.
+
+    A relative SQLite path is relative to the project folder ``root``, not the cwd.
+    """
     kind = str(settings.get("type"))
     if kind not in SQL_TYPES:
         raise ConfigError(f"connection {name!r} has type {kind!r}; a sql source needs one of "
@@ -75,7 +80,17 @@ def connection_spec(name: str, settings: Mapping[str, Any]) -> ConnectionSpec:
                           f"postgresql://app:${{env:PG_PASSWORD}}@127.0.0.1:5432/shop)",
                           problems=[])
     _remember_password(url)
-    return ConnectionSpec(name=name, kind=kind, url=url)
+    return ConnectionSpec(name=name, kind=kind, url=_anchor_sqlite(url, root))
+
+
+def _anchor_sqlite(url: str, root: Path | None) -> str:
+    prefix = "sqlite:///"
+    if root is None or not url.startswith(prefix):
+        return url
+    path = url[len(prefix):]
+    if not path or path.startswith("/") or path.startswith(":memory:"):
+        return url
+    return prefix + str(root / path)
 
 
 def _url_from_fields(kind: str, settings: Mapping[str, Any]) -> str:

@@ -147,7 +147,8 @@ def _sql(ctx: StepContext, source: SqlSource) -> StepOutput:
     from headwater.connectors import sql as sqlconn
     from headwater.connectors.sql_drivers import connection_spec
 
-    spec = connection_spec(source.connection, ctx.project.connection(source.connection))
+    spec = connection_spec(source.connection, ctx.project.connection(source.connection),
+                           ctx.project.root)
     previous = ctx.project.store.state(ctx.pipeline, ctx.step_id)
     result = sqlconn.read(spec, source, step_id=ctx.step_id, workdir=ctx.workdir,
                           previous=previous, cancelled=ctx.cancelled, log=ctx.log)
