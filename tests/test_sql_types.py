@@ -75,3 +75,40 @@ def test_check_flags_a_non_sql_connection(make_project: ProjectFactory) -> None:
         problems = project.check()
     assert ["steps[0].source.connection"] == [p["key"] for p in problems]
     assert "cannot be read by a sql source" in problems[0]["message"]
+
+
+def test_prefetch_passes_batches_and_errors_in_order() -> None:
+    """The read-ahead thread yields every batch in order, then the reader's own error."""
+    from headwater.connectors.sql import _prefetched
+
+    def reader() -> Any:
+        for i in range(5):
+            yield pa.record_batch([pa.nulls(i, pa.int64())], names=["x"])
+        raise RuntimeError("connection lost")
+
+    seen = []
+    with pytest.raises(RuntimeError, match="connection lost"):
+        for batch in _prefetched(reader()):
+            seen.append(batch.num_rows)
+    assert [0, 1, 2, 3, 4] == seen
+
+
+def test_prefetch_stops_when_the_consumer_stops() -> None:
+    """A consumer that gives up early does not leave the reader thread blocked."""
+    import threading
+
+    from headwater.connectors.sql import _prefetched
+
+    closed = threading.Event()
+
+    def reader() -> Any:
+        try:
+            while True:
+                yield pa.record_batch([pa.nulls(1, pa.int64())], names=["x"])
+        finally:
+            closed.set()
+
+    stream = _prefetched(reader())
+    next(stream)
+    stream.close()
+    assert closed.wait(5)

@@ -247,20 +247,28 @@ def _prefetched(batches: Iterator[pa.RecordBatch], depth: int = 2
     pending: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def offer(item: Any) -> bool:
+        """Queue ``item`` unless the consumer has gone; False once it has."""
+        while not stop.is_set():
+            try:
+                pending.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for batch in batches:
-                while not stop.is_set():
-                    try:
-                        pending.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(batch):
                     return
-            pending.put(_DONE)
+            offer(_DONE)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            pending.put(exc)
+            offer(exc)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # the driver's cursor closes on this thread, where it was used
 
     worker = threading.Thread(target=produce, name="hw-sql-read", daemon=True)
     worker.start()
@@ -333,7 +341,6 @@ class _PartReader:
         self.key_columns = key_columns
         self.part = _Part()
         self._writer: pq.ParquetWriter | None = None
-        self._lock = threading.Lock()
 
     def add(self, batch: pa.RecordBatch) -> None:
         if self.cursor is not None:
