@@ -21,6 +21,7 @@ from headwater.config.models import (
     PythonStep,
     RunPipelineStep,
     SourceStep,
+    SqlSource,
     SqlStep,
     StreamSource,
 )
@@ -81,7 +82,11 @@ def _references(runtime: ProjectRuntime, pf: PipelineFile,
                 if source.dataset not in known:
                     out.append(_problem(pf, (*loc, "source", "name"),
                                         f"no pipeline publishes dataset {source.dataset!r}"))
-            if not isinstance(source, FilesSource | DatasetSource | StreamSource | HttpSource):
+            if isinstance(source, SqlSource):
+                out.extend(_sql_connection_type(pf, (*loc, "source", "connection"),
+                                                connections.get(source.connection)))
+            if not isinstance(source, FilesSource | DatasetSource | SqlSource | StreamSource
+                              | HttpSource):
                 out.append(_problem(pf, (*loc, "source", "type"),
                                     f"source type {source.type!r} is not available yet"))
         if isinstance(step, RunPipelineStep):
@@ -137,6 +142,16 @@ def _child_pipeline(runtime: ProjectRuntime, pf: PipelineFile, loc: tuple[str | 
                      + (f"; did you mean {hint[0]!r}?" if hint else ""))]
 
 
+def _sql_connection_type(pf: PipelineFile, loc: tuple[str | int, ...],
+                         settings: dict[str, Any] | None) -> list[dict[str, Any]]:
+    from headwater.connectors.sql_drivers import SQL_TYPES
+
+    if settings is None or settings.get("type") in SQL_TYPES:
+        return []
+    return [_problem(pf, loc, f"connection type {settings.get('type')!r} cannot be read by a "
+                              f"sql source (use one of {', '.join(SQL_TYPES)})")]
+
+
 def _safe_datasets(runtime: ProjectRuntime) -> list[dict[str, Any]]:
     try:
         return runtime.store.datasets()
@@ -179,3 +194,73 @@ def _cron_problem(cron: str, timezone: str) -> str | None:
     if not croniter.is_valid(cron):
         return f"invalid cron expression {cron!r} (five fields: minute hour day month weekday)"
     return None
+
+
+def check_connections(runtime: ProjectRuntime) -> list[dict[str, Any]]:
+    """``check --connections``: for each connection, can headwater reach, log in and read?
+
+    One report per connection: ``{"connection", "type", "ok", "checks": [{"what", "ok",
+    "detail"}]}``. SQL connections connect with their real driver and read every table a
+    pipeline's sql source names (or ``SELECT 1``); other kinds get a TCP reachability
+    check of their URL's host and port. Details are masked by ``REDACTOR``: a wrong
+    password never appears, even inside a driver's message.
+    """
+    from headwater.config.secrets import REDACTOR
+
+    tables = _tables_by_connection(runtime)
+    reports = []
+    for name in sorted(runtime.config.connections):
+        kind = str(runtime.config.connections[name].get("type"))
+        checks = [{"what": what, "ok": ok, "detail": REDACTOR(detail)}
+                  for what, ok, detail in _probe_connection(runtime, name, kind,
+                                                            tables.get(name, []))]
+        reports.append({"connection": name, "type": kind, "checks": checks,
+                        "ok": all(c["ok"] for c in checks)})
+    return reports
+
+
+def _tables_by_connection(runtime: ProjectRuntime) -> dict[str, list[str]]:
+    pipelines, _ = runtime.load_pipelines()
+    out: dict[str, list[str]] = {}
+    for pf in pipelines.values():
+        for step in pf.config.steps:
+            if isinstance(step, SourceStep) and isinstance(step.source, SqlSource) and \
+                    step.source.table and step.source.table not in out.get(
+                        step.source.connection, []):
+                out.setdefault(step.source.connection, []).append(step.source.table)
+    return out
+
+
+def _probe_connection(runtime: ProjectRuntime, name: str, kind: str,
+                      tables: list[str]) -> list[tuple[str, bool, str]]:
+    from headwater.connectors import sql as sqlconn
+    from headwater.connectors.sql_drivers import SQL_TYPES, connection_spec
+    from headwater.exceptions import HeadwaterError
+
+    try:
+        settings = runtime.connection(name)
+        if kind in SQL_TYPES:
+            return list(sqlconn.probe(connection_spec(name, settings, runtime.root), tables))
+    except HeadwaterError as exc:
+        return [("settings", False, exc.message)]
+    return [_tcp_probe(settings)]
+
+
+def _tcp_probe(settings: dict[str, Any]) -> tuple[str, bool, str]:
+    import socket
+    from urllib.parse import urlsplit
+
+    url = settings.get("url")
+    if not isinstance(url, str) or "://" not in url:
+        return "reach", True, "not checked: no url to reach (authentication untested)"
+    parts = urlsplit(url)
+    defaults = {"nats": 4222, "mqtt": 1883, "redis": 6379, "amqp": 5672, "rabbitmq": 5672}
+    port = parts.port or defaults.get(parts.scheme)
+    if not parts.hostname or port is None:
+        return "reach", True, "not checked: the url names no host and port"
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=5):
+            pass
+    except OSError as exc:
+        return "reach", False, f"cannot reach {parts.hostname}:{port}: {exc.strerror or exc}"
+    return "reach", True, f"reachable at {parts.hostname}:{port} (authentication not checked)"

@@ -140,6 +140,12 @@ class Project:
 
         return check_project(self.runtime)
 
+    def check_connections(self) -> list[dict[str, Any]]:
+        """Each connection: reachable, authenticated, can read (secrets never shown)."""
+        from headwater.checks import check_connections
+
+        return check_connections(self.runtime)
+
     # ------------------------------------------------------------------ runs
 
     def queue(self, pipeline: str, params: Mapping[str, Any] | None = None, *,

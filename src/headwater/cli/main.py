@@ -94,10 +94,16 @@ def init(directory: Annotated[Path, typer.Argument(help="Where to create the pro
 
 @app.command()
 @handled
-def check(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+def check(project: ProjectOpt = None, json_: JsonOpt = False,
+          connections: Annotated[bool, typer.Option(
+              "--connections", help="Also connect to each connection: reachable, "
+                                    "authenticated, can read.")] = False) -> None:
     """Validate the project; every error names file, line and key."""
     proj = _project(project)
     problems = proj.check()
+    if connections:
+        _check_connections(proj, problems, json_)
+        return
     if json_:
         print_json({"ok": not problems, "problems": problems})
     elif problems:
@@ -109,6 +115,31 @@ def check(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
         sys.stdout.write(f"ok: {len(proj.pipelines())} pipelines in {proj.root}\n")
     if problems:
         raise typer.Exit(2)
+
+
+def _check_connections(proj: Any, problems: list[dict[str, Any]], json_: bool) -> None:
+    """One line per connection (secrets masked); exit 2 on project errors, 1 if one fails."""
+    from headwater.config.secrets import REDACTOR
+
+    reports = proj.check_connections()
+    if json_:
+        print_json({"ok": not problems and all(r["ok"] for r in reports),
+                    "problems": problems, "connections": reports})
+    else:
+        for p in problems:
+            where = f"{p['file']}:{p['line']}" if p.get("line") else p.get("file", "")
+            sys.stderr.write(f"{where}: {p.get('key', '')}: {p['message']}\n")
+        for report in reports:
+            verdict = "ok" if report["ok"] else "FAILED"
+            details = "; ".join(f"{c['what']}: {c['detail']}" for c in report["checks"])
+            line = f"{report['connection']} ({report['type']}): {verdict}: {details}\n"
+            (sys.stdout if report["ok"] else sys.stderr).write(REDACTOR(line))
+        if not reports:
+            sys.stdout.write("no connections in headwater.yaml\n")
+    if problems:
+        raise typer.Exit(2)
+    if not all(r["ok"] for r in reports):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -201,13 +201,42 @@ class DatasetSource(Model):
     version: int | None = None
 
 
+class SqlIncremental(Model):
+    """Read only rows whose ``cursor`` reached the last run's high-water mark."""
+
+    cursor: str = Field(min_length=1)
+    initial: Any = None
+    """Where the first run starts (``cursor >= initial``); without it, the whole table."""
+
+
+class SqlPartitions(Model):
+    """Read ``count`` ranges of ``column`` (between its min and max) in parallel."""
+
+    column: str = Field(min_length=1)
+    count: int = Field(default=4, ge=1, le=64)
+
+
 class SqlSource(Model):
     type: Literal["sql"]
     connection: str
     table: str | None = None
     query: str | None = None
-    incremental: dict[str, Any] | None = None
-    partitions: dict[str, Any] | None = None
+    incremental: SqlIncremental | None = None
+    key: list[str] = Field(default_factory=list)
+    """Columns identifying a row (default: the table's primary key); dedupes cursor ties."""
+    partitions: SqlPartitions | None = None
+    batch_rows: int = Field(default=100_000, ge=1)
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SqlSource:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("a sql source needs exactly one of 'table' or 'query'")
+        return self
 
 
 class BearerAuth(Model):

@@ -19,6 +19,7 @@ from headwater.config.models import (
     FilesSource,
     HttpSource,
     SourceStep,
+    SqlSource,
     StreamSource,
 )
 from headwater.connectors import files as fileconn
@@ -36,6 +37,8 @@ def run_source(ctx: StepContext, step: SourceStep) -> StepOutput:
         return _files(ctx, source)
     if isinstance(source, DatasetSource):
         return _dataset(ctx, source)
+    if isinstance(source, SqlSource):
+        return _sql(ctx, source)
     if isinstance(source, StreamSource):
         from headwater.steps.stream import run_stream  # broker clients load only if used
 
@@ -43,7 +46,7 @@ def run_source(ctx: StepContext, step: SourceStep) -> StepOutput:
     if isinstance(source, HttpSource):
         return read_http(ctx, source)
     raise ConfigError(f"source type {source.type!r} is not available yet in this version "
-                      "(available: files, dataset, http, stream)", problems=[])
+                      "(available: files, dataset, http, stream, sql)", problems=[])
 
 
 def storage_options(ctx: StepContext, connection: str | None) -> dict[str, Any] | None:
@@ -151,3 +154,21 @@ def _dataset(ctx: StepContext, source: DatasetSource) -> StepOutput:
                       inputs=[{"dataset": source.dataset, "version": version}],
                       sources=[{"step": ctx.step_id, "type": "dataset",
                                 "dataset": source.dataset, "version": version}])
+
+
+def _sql(ctx: StepContext, source: SqlSource) -> StepOutput:
+    """A table or query streamed into Parquet spills; the cursor advances with the publish."""
+    from headwater.connectors import sql as sqlconn
+    from headwater.connectors.sql_drivers import connection_spec
+
+    spec = connection_spec(source.connection, ctx.project.connection(source.connection),
+                           ctx.project.root)
+    previous = ctx.project.store.state(ctx.pipeline, ctx.step_id)
+    result = sqlconn.read(spec, source, step_id=ctx.step_id, workdir=ctx.workdir,
+                          previous=previous, cancelled=ctx.cancelled, log=ctx.log)
+    listing = ", ".join(sql_string(str(f)) for f in result.files)
+    relation = f"SELECT * FROM read_parquet([{listing}], union_by_name=true)"
+    state = {state_key(ctx.step_id, key): value for key, value in result.state.items()}
+    return StepOutput(relation=relation, rows=result.rows, sources=[result.fingerprint],
+                      state=state, info={"rows_in": result.rows,
+                                         "rows_already_ingested": result.dropped})
