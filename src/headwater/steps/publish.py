@@ -25,6 +25,7 @@ from headwater.datasets.publish import (
 from headwater.exceptions import HeadwaterError, PublishError, StepError
 from headwater.sqltext import ident as quote
 from headwater.sqltext import text as sql_string
+from headwater.steps.align import Cast, aligned
 from headwater.steps.base import REJECTED_COLUMNS, StepContext, StepOutput, register
 
 if TYPE_CHECKING:
@@ -69,7 +70,11 @@ def _one_row_per_key(con: Any, query: str, config: PublishConfig) -> str:
 
 def _check_schema(con: Any, query: str, ctx: StepContext, config: PublishConfig,
                   uri: str) -> list[str]:
-    """Fail under ``freeze`` on any new or changed column; describe changes under evolve."""
+    """Fail under ``freeze`` on any new or changed column; describe changes under evolve.
+
+    A changed type is a schema change only for an overwrite: an append or merge casts it
+    to the dataset's type or fails (:mod:`headwater.steps.align`).
+    """
     table = delta.open_table(uri)
     if table is None:
         return []
@@ -79,7 +84,8 @@ def _check_schema(con: Any, query: str, ctx: StepContext, config: PublishConfig,
     for field in incoming:
         if field.name not in existing.names:
             changes.append(f"new column {field.name!r} ({field.type})")
-        elif not _compatible(existing.field(field.name).type, field.type):
+        elif not _compatible(existing.field(field.name).type, field.type) and (
+                config.schema_ == "freeze" or config.mode == "overwrite"):
             changes.append(f"column {field.name!r} changed type from "
                            f"{existing.field(field.name).type} to {field.type}")
     missing = [n for n in existing.names if n not in incoming.names]
@@ -97,43 +103,6 @@ def _compatible(existing: pa.DataType, incoming: pa.DataType) -> bool:
                                          or pa.types.is_large_string(incoming)):
         return True
     return bool(pa.types.is_timestamp(existing) and pa.types.is_timestamp(incoming))
-
-
-def _aligned(con: Any, query: str, uri: str) -> str:
-    """Cast columns to the types the dataset already has, so appends don't fail on widening."""
-    table = delta.open_table(uri)
-    if table is None:
-        return query
-    existing = delta.arrow_schema(table)
-    rel = con.sql(f"SELECT * FROM ({query}) LIMIT 0")
-    incoming = rel.to_arrow_table().schema
-    casts = []
-    changed = False
-    for field in incoming:
-        if field.name in existing.names and existing.field(field.name).type != field.type:
-            target = _duckdb_type(existing.field(field.name).type)
-            if target is not None:
-                changed = True
-                casts.append(f"TRY_CAST({quote(field.name)} AS {target}) AS {quote(field.name)}")
-                continue
-        casts.append(quote(field.name))
-    return f"SELECT {', '.join(casts)} FROM ({query})" if changed else query
-
-
-def _duckdb_type(dtype: pa.DataType) -> str | None:
-    simple = {
-        pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
-        pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
-        pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.bool_(): "BOOLEAN",
-        pa.date32(): "DATE",
-    }
-    if dtype in simple:
-        return simple[dtype]
-    if pa.types.is_timestamp(dtype):
-        return "TIMESTAMPTZ" if dtype.tz else "TIMESTAMP"
-    if pa.types.is_decimal(dtype):
-        return f"DECIMAL({dtype.precision},{dtype.scale})"
-    return None
 
 
 def _stats_fn(ctx: StepContext, config: PublishConfig, previous: dict[str, Any] | None) -> Any:
@@ -180,8 +149,9 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
     try:
         query = _final_query(con, source.relation, config)
         changes = _check_schema(con, query, ctx, config, uri)
+        casts: list[Cast] = []
         if config.mode != "overwrite":
-            query = _aligned(con, query, uri)
+            query, casts = aligned(con, query, uri, config.dataset)
     except PublishError:
         raise
     except duckdb.Error as exc:
@@ -200,6 +170,8 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
         partition_by=config.partition_by, evolve=config.schema_ == "evolve",
         stats_fn=_stats_fn(ctx, config, _previous_stats(ctx, config.dataset)))
     _log_result(ctx, result, changes)
+    for cast in casts:
+        ctx.log(cast.describe())
     if result.skipped == "no rows to publish" and lineage.state:
         # nothing new arrived, but what was seen (e.g. empty files) still counts as seen
         from headwater.steps.base import split_state_key
