@@ -75,13 +75,18 @@ class VersionFacts:
     sources: list[dict[str, Any]] = field(default_factory=list)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     key: list[str] = field(default_factory=list)
+    rejected: dict[str, Any] | None = None
+    """Quarantined rows this commit's run commits next (step, spill paths), for repair."""
 
     def metadata(self) -> dict[str, Any]:
-        return {
+        meta = {
             "run_id": self.run_id, "pipeline": self.pipeline, "step_id": self.step_id,
             "code_version": self.code_version, "trigger": self.trigger, "mode": self.mode,
             "inputs": self.inputs, "sources": self.sources, "state": self.state,
         }
+        if self.rejected:
+            meta["rejected"] = self.rejected
+        return meta
 
 
 def schema_json(schema: pa.Schema) -> list[dict[str, Any]]:

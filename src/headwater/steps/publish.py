@@ -8,7 +8,10 @@ The commit mechanics live in :mod:`headwater.datasets.publish`.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
     from headwater.runtime import ProjectRuntime
 
 BATCH_ROWS = 256_000
+PENDING_LOOKBACK = 3
+"""How many of a dataset's newest versions are checked for rejected rows still owed."""
 
 
 def rejected_dataset(pipeline: str) -> str:
@@ -157,13 +162,13 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
     except duckdb.Error as exc:
         raise StepError(str(exc).strip().splitlines()[0]) from None
     lineage = ctx.lineage
-    committed_rejected = publish_rejected(ctx.project, _run_row(ctx), ctx.code_version,
-                                          lineage.rejected, step_id=ctx.step_id)
+    finish_pending_rejected(ctx, config.dataset)
+    pending = _pending(ctx, lineage.rejected)
     facts = VersionFacts(
         run_id=ctx.run_id, pipeline=ctx.pipeline, step_id=ctx.step_id,
         code_version=ctx.code_version, trigger=ctx.trigger, mode=config.mode,
         inputs=list(lineage.inputs), sources=list(lineage.sources), state=dict(lineage.state),
-        key=list(config.key))
+        key=list(config.key), rejected=pending)
     reader = con.sql(query).to_arrow_reader(BATCH_ROWS)
     result = publish_reader(
         ctx.project.store, config.dataset, uri, reader, facts,
@@ -172,7 +177,14 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
     _log_result(ctx, result, changes)
     for cast in casts:
         ctx.log(cast.describe())
-    if result.skipped == "no rows to publish" and lineage.state:
+    nothing_new = result.skipped == "no rows to publish"
+    _crash_point("publish:between-commits")
+    # the quarantined rows follow the data: committed by run and step exactly once; if the
+    # data commit made no version, the rejected commit carries the incremental state
+    committed_rejected = publish_rejected(
+        ctx.project, _run_row(ctx), ctx.code_version, lineage.rejected, step_id=ctx.step_id,
+        state=dict(lineage.state) if nothing_new else None)
+    if nothing_new and lineage.state:
         # nothing new arrived, but what was seen (e.g. empty files) still counts as seen
         from headwater.steps.base import split_state_key
 
@@ -199,9 +211,64 @@ def _run_row(ctx: StepContext) -> Mapping[str, Any]:
     return {"id": ctx.run_id, "pipeline": ctx.pipeline, "trigger": ctx.trigger}
 
 
+def _pending(ctx: StepContext, paths: Sequence[str]) -> dict[str, Any] | None:
+    """What the data commit records it still owes ``<pipeline>__rejected`` (for repair)."""
+    if not paths:
+        return None
+    return {"step_id": ctx.step_id, "paths": list(paths)}
+
+
+def finish_pending_rejected(ctx: StepContext, dataset: str) -> None:
+    """Commit the quarantined rows a crashed run owed: its data commit lists them.
+
+    A run commits its data first, then its rejected rows; a kill between the two leaves
+    the data version recorded (with the files' state, so they are not read again) and
+    ``notes.rejected`` naming the run's quarantine spills. Publishing those under the
+    crashed run's own id is idempotent, so neither a repeat nor a race duplicates them.
+    """
+    store = ctx.project.store
+    latest = store.latest_version_number(dataset)
+    for number in range(latest, max(0, latest - PENDING_LOOKBACK), -1):
+        try:
+            record = store.version(dataset, number)
+        except HeadwaterError:  # a gap left by an older store: nothing owed there
+            continue
+        owed = (record.get("notes") or {}).get("rejected")
+        if not owed or record["run_id"] == ctx.run_id or _rejected_committed(
+                ctx.project, record, str(owed["step_id"])):
+            continue
+        paths = [p for p in owed["paths"] if Path(p).exists()]
+        if len(paths) < len(owed["paths"]):
+            ctx.log(f"run {record['run_id']} owed quarantined rows whose spill files are "
+                    f"gone; they cannot be committed", level="warning")
+        run = {"id": record["run_id"], "pipeline": record["pipeline"],
+               "trigger": record["trigger"]}
+        publish_rejected(ctx.project, run, str(record["code_version"]), paths,
+                         step_id=str(owed["step_id"]))
+
+
+def _rejected_committed(project: ProjectRuntime, record: Mapping[str, Any],
+                        step_id: str) -> bool:
+    name = rejected_dataset(str(record["pipeline"]))
+    table = delta.open_table(project.dataset_uri(name))
+    return delta.already_committed(
+        table, delta.app_id(str(record["run_id"]), f"{step_id}:rejected", name))
+
+
+def _crash_point(name: str) -> None:
+    """Die here, as kill -9 would, if ``HEADWATER_CRASH_AT`` names this point (tests)."""
+    if os.environ.get("HEADWATER_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def publish_rejected(project: ProjectRuntime, run: Mapping[str, Any], code_version: str,
-                     paths: Sequence[str], *, step_id: str) -> list[str]:
-    """Append quarantined rows (Parquet spills) to ``<pipeline>__rejected``, idempotently."""
+                     paths: Sequence[str], *, step_id: str,
+                     state: Mapping[str, Any] | None = None) -> list[str]:
+    """Append quarantined rows (Parquet spills) to ``<pipeline>__rejected``, idempotently.
+
+    ``state`` (incremental state no data commit carried) is recorded with the version, so
+    a crash right after cannot make the next run quarantine the same rows again.
+    """
     if not paths:
         return []
     import duckdb
@@ -214,7 +281,8 @@ def publish_rejected(project: ProjectRuntime, run: Mapping[str, Any], code_versi
                          ).to_arrow_reader(BATCH_ROWS)
         facts = VersionFacts(run_id=str(run["id"]), pipeline=str(run["pipeline"]),
                              step_id=f"{step_id}:rejected", code_version=code_version,
-                             trigger=str(run.get("trigger", "manual")), mode="append")
+                             trigger=str(run.get("trigger", "manual")), mode="append",
+                             state=dict(state or {}))
         publish_reader(project.store, name, project.dataset_uri(name), reader, facts,
                        evolve=False)
     return list(paths)
