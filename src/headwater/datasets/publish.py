@@ -102,11 +102,12 @@ def reconcile(store: Store, dataset: str, uri: str,
     log, never by position; ``before`` stops at that Delta version. Returns how many
     versions were recovered.
     """
-    history = delta.fresh_history(uri, storage_options)
-    if not history:
-        return 0
-    entries = {int(h["version"]): h for h in history}
     known = store.recorded_delta_versions(dataset)
+    table = delta.open_table(uri, storage_options=storage_options)
+    if table is None or (known and max(known) == int(table.version())):
+        return 0  # the newest commit is recorded, and every one before it was recorded first
+    history = delta.fresh_history(uri, storage_options)
+    entries = {int(h["version"]): h for h in history}
     recovered = 0
     for dv, meta in delta.commit_metadata(history):
         if before is not None and dv >= before:
