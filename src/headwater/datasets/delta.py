@@ -109,7 +109,7 @@ def data_files(table: Any) -> list[str]:
         if path.startswith(encoded + "/"):
             path = root + path[len(encoded):]
         files.append(path)
-    if location_of(root) is None:
+    if "://" not in root:  # local: check now; a remote read fails in its own reader
         missing = [f for f in files if not os.path.exists(f)]
         if missing:
             raise NotFoundError(
