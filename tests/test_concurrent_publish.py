@@ -81,3 +81,41 @@ def test_concurrent_publishes_credit_every_version_to_its_run(
     assert [3] * len(records) == [r["rows_added"] for r in records]
     assert [3 * n for n in range(1, len(records) + 1)] == [r["rows_total"] for r in records]
     store.close()
+
+
+def test_history_is_numbered_from_the_log_not_a_stale_handle(tmp_path: Path) -> None:
+    """A handle opened before two more commits numbers ``history()`` [2, 1, 0, -1, -2];
+    ``fresh_history`` gives 0..4, each with the run whose metadata the commit carries."""
+    uri = str(tmp_path / "t")
+    for i in range(3):
+        facts = _facts("x", i)
+        delta.write(uri, _reader("x", i), mode="append", app=delta.app_id(
+            facts.run_id, "publish", "t"), metadata=facts.metadata())
+    stale = delta.open_table(uri)
+    for i in range(3, 5):
+        facts = _facts("x", i)
+        delta.write(uri, _reader("x", i), mode="append", app=delta.app_id(
+            facts.run_id, "publish", "t"), metadata=facts.metadata())
+    assert [2, 1, 0, -1, -2] == [h["version"] for h in stale.history()]  # the trap
+    credited = [(dv, meta["run_id"]) for dv, meta in
+                delta.commit_metadata(delta.fresh_history(uri))]
+    assert [(i, f"x-{i:02d}") for i in range(5)] == credited
+
+
+def test_unrecorded_commits_between_publishes_get_their_own_numbers(tmp_path: Path) -> None:
+    """Commits another process made but did not record (it crashed) are recorded before
+    this publish's own version, in commit order, each credited to its own run."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    uri = str(tmp_path / "shared")
+    order = []
+    for i in range(3):
+        crashed = _facts("crashed", i)
+        delta.write(uri, _reader("crashed", i), mode="append", app=delta.app_id(
+            crashed.run_id, "publish", "shared"), metadata=crashed.metadata())
+        publish_reader(store, "shared", uri, _reader("ok", i), _facts("ok", i))
+        order += [f"crashed-{i:02d}", f"ok-{i:02d}"]
+    records = store.versions("shared")
+    assert list(range(1, 7)) == [r["version"] for r in records]
+    assert list(range(6)) == [r["delta_version"] for r in records]
+    assert order == [r["run_id"] for r in records]
+    store.close()
