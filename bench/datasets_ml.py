@@ -370,7 +370,7 @@ def child_stats(project: Path, repeat: int) -> None:
     for _ in range(repeat):
         con = duckdb.connect()
         started = time.perf_counter()
-        files = delta.files_of(table)
+        files = delta.data_files(table)
         stats = version_stats(con, table, reference=previous)
         drift = compute_drift(previous, stats)
         seconds.append(time.perf_counter() - started)

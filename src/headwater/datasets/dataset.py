@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from headwater.datasets import delta
 from headwater.datasets.publish import reconcile
+from headwater.datasets.snapshot import open_version, unreadable
 from headwater.datasets.split import SPLITS
 from headwater.exceptions import HeadwaterError, NotFoundError
 
@@ -58,17 +59,17 @@ class Dataset:
         if version is not None and version not in self.versions():
             raise NotFoundError(f"dataset {self.name!r} has no version {version} "
                                 f"(versions: {self.versions()})")
-        table = delta.open_table(self.uri, version=number)
-        if table is None:
-            raise NotFoundError(f"no Delta table at {self.uri}")
-        return table
+        return open_version(self._runtime.store, self.name, self.uri, number)
 
     def to_arrow(self, version: int | None = None, split: str | None = None,
                  columns: list[str] | None = None) -> pa.Table:
         """The rows of ``version`` (default newest), optionally only one split."""
         if split is not None and split not in SPLITS:
             raise HeadwaterError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-        table = delta.read_arrow(self._table(version), columns=columns)
+        try:
+            table = delta.read_arrow(self._table(version), columns=columns)
+        except NotFoundError as exc:
+            raise unreadable(self.name, version, exc) from None
         if split is not None:
             if "_split" not in table.column_names:
                 raise HeadwaterError(f"dataset {self.name!r} has no splits; add "

@@ -4,22 +4,32 @@ Writes are idempotent: each commit carries an app transaction ``(app_id, 1)`` un
 run and step that made it, so a retried or re-executed publish sees that it already
 committed and does nothing. Reads never use ``DeltaTable.to_pyarrow_table()`` (with
 pyarrow 26 it aborts the process at exit, delta-rs#2184); they read the version's Parquet
-files through pyarrow.dataset or DuckDB instead. headwater's dataset version N is Delta
-version N-1, so time travel needs no lookup table.
+files, as the Delta log lists them, through pyarrow.dataset or DuckDB instead.
+
+headwater's dataset versions are dense (1, 2, 3, ...) while Delta versions are not: a user's
+OPTIMIZE or VACUUM adds commits of its own. The store maps each headwater version to its
+Delta version; this module never assumes one from the other. The log is always read from
+a freshly loaded table (``fresh_history``): ``history()`` on an older handle numbers newer
+commits from the handle's version down (``[2, 1, 0, -1]``), which credited commits to the
+wrong run under concurrent writers.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 
 from headwater.exceptions import NotFoundError, PublishError
 
 META_PREFIX = "headwater."
+MAINTENANCE = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "CHECKPOINT"})
+"""Commit operations that rewrite files but never change a table's rows."""
 
 
 @dataclass(frozen=True)
@@ -67,40 +77,90 @@ def register_readers(con: Any, uri: str) -> None:
     register_filesystem(con, uri, location.fsspec_options)
 
 
-def parquet_path(file_uri: str) -> str:
-    """A data file's URI as DuckDB and pyarrow read it (local files lose ``file://``)."""
-    return file_uri.removeprefix("file://")
+def table_root(table: Any) -> str:
+    """The table's folder as a path (local) or URL (remote), percent-decoded.
+
+    delta-rs percent-encodes the table URI (``my%20project/%C3%BC``); the folder on disk
+    or the object key has the plain name.
+    """
+    uri = str(table.table_uri).rstrip("/")
+    if uri.startswith("file://"):
+        return unquote(uri.removeprefix("file://"))
+    scheme, _, rest = uri.partition("://")
+    return f"{scheme}://{unquote(rest)}" if rest else unquote(uri)
 
 
-def delta_version_of(version: int) -> int:
-    return version - 1
+def _encoded_root(table: Any) -> str:
+    return str(table.table_uri).rstrip("/").removeprefix("file://")
 
 
-def version_of(delta_version: int) -> int:
-    return delta_version + 1
+def data_files(table: Any) -> list[str]:
+    """The Parquet files of the loaded version, as DuckDB and pyarrow open them.
+
+    ``file_uris()`` joins the percent-encoded table URI to each file's path below it (which
+    is already the name on disk, e.g. a partition folder ``city=a%20b``), so only the table
+    root is decoded. A local file the log lists but the disk lacks (a VACUUM removed it)
+    raises :class:`NotFoundError` instead of a raw ``FileNotFoundError`` later.
+    """
+    encoded, root = _encoded_root(table), table_root(table)
+    files = []
+    for uri in table.file_uris():
+        path = str(uri).removeprefix("file://")
+        if path.startswith(encoded + "/"):
+            path = root + path[len(encoded):]
+        files.append(path)
+    if "://" not in root:  # local: check now; a remote read fails in its own reader
+        missing = [f for f in files if not os.path.exists(f)]
+        if missing:
+            raise NotFoundError(
+                f"Delta version {table.version()} of {root} lists {len(missing)} file(s) that "
+                f"are gone, e.g. {missing[0]} (removed by a VACUUM?); read a newer version")
+    return files
 
 
 def app_id(run_id: str, step_id: str, dataset: str) -> str:
     return f"headwater:{run_id}:{step_id}:{dataset}"
 
 
-def open_table(uri: str, version: int | None = None,
+def open_table(uri: str, delta_version: int | None = None,
                storage_options: Mapping[str, str] | None = None) -> Any:
-    """The DeltaTable at ``uri`` (headwater ``version`` if given), or None if there is none."""
+    """The DeltaTable at ``uri`` (at ``delta_version`` if given), or None if there is none."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
         table = DeltaTable(uri, storage_options=_options(uri, storage_options))
-        if version is not None:
-            table.load_as_version(delta_version_of(version))
+        if delta_version is not None:
+            table.load_as_version(delta_version)
         return table
     except TableNotFoundError:
         return None
     except Exception as exc:
-        if version is not None and ("version" in str(exc).lower()):
-            raise NotFoundError(f"version {version} does not exist at {uri}") from None
+        if delta_version is not None and ("version" in str(exc).lower()):
+            raise NotFoundError(f"Delta version {delta_version} does not exist at {uri} "
+                                "(its log entry was cleaned up?)") from None
         raise
+
+
+def fresh_history(uri: str, storage_options: Mapping[str, str] | None = None
+                  ) -> list[dict[str, Any]]:
+    """Every commit's info, oldest first, numbered correctly even while others commit.
+
+    ``history()`` lists the log as it is *now* but numbers entries down from the handle's
+    version, so a commit landing between loading and listing shifts every number. A
+    listing is trusted only if the table's version did not move across it.
+    """
+    for _ in range(50):
+        table = open_table(uri, storage_options=storage_options)
+        if table is None:
+            return []
+        before = table.version()
+        entries = table.history()
+        table.update_incremental()
+        if table.version() == before:
+            found = [e for e in entries if int(e.get("version", -1)) >= 0]
+            return sorted(found, key=lambda e: int(e["version"]))
+    raise PublishError(f"the Delta log of {uri} kept changing while being read; try again")
 
 
 def already_committed(table: Any, app: str) -> bool:
@@ -180,8 +240,7 @@ def write(uri: str, data: pa.RecordBatchReader, *, mode: str, app: str,
         )
     except Exception as exc:
         raise PublishError(f"writing {uri} failed: {_first_line(exc)}") from exc
-    table = open_table(uri, storage_options=storage_options)
-    return int(table.version())
+    return committed_version(uri, metadata, storage_options)
 
 
 def merge(uri: str, data: pa.RecordBatchReader, *, key: Sequence[str], app: str,
@@ -201,20 +260,60 @@ def merge(uri: str, data: pa.RecordBatchReader, *, key: Sequence[str], app: str,
         )
     except Exception as exc:
         raise PublishError(f"merging into {uri} failed: {_first_line(exc)}") from exc
-    table = open_table(uri, storage_options=storage_options)
-    return int(table.version()), dict(metrics)
+    return committed_version(uri, metadata, storage_options), dict(metrics)
 
 
-def commit_metadata(table: Any) -> list[tuple[int, dict[str, Any]]]:
-    """(delta version, headwater metadata) of every commit headwater made, oldest first."""
-    out = []
-    for entry in table.history():
-        found = {k[len(META_PREFIX):]: v for k, v in entry.items()
-                 if isinstance(k, str) and k.startswith(META_PREFIX)}
+def committed_version(uri: str, metadata: Mapping[str, Any],
+                      storage_options: Mapping[str, str] | None = None) -> int:
+    """The Delta version of the commit made with ``metadata`` (by its run and step).
+
+    Not the table's latest version: another writer may have committed after it.
+    """
+    run_id, step_id = metadata.get("run_id"), metadata.get("step_id")
+    for dv, meta in reversed(commit_metadata(fresh_history(uri, storage_options))):
+        if meta.get("run_id") == run_id and meta.get("step_id") == step_id:
+            return int(dv)
+    raise PublishError(f"the commit of run {run_id} step {step_id} is not in the Delta log "
+                       f"of {uri}")
+
+
+def headwater_metadata(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``headwater.*`` commit metadata of one history entry (empty if not ours)."""
+    return {k[len(META_PREFIX):]: _loads(v) for k, v in entry.items()
+            if isinstance(k, str) and k.startswith(META_PREFIX)}
+
+
+def commit_metadata(history: Sequence[Mapping[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """(delta version, headwater metadata) of every commit headwater made, oldest first.
+
+    ``history`` comes from :func:`fresh_history`, never a possibly stale table handle.
+    """
+    out: list[tuple[int, dict[str, Any]]] = []
+    for entry in history:
+        found = headwater_metadata(entry)
         if found and "version" in entry:
-            decoded = {k: _loads(v) for k, v in found.items()}
-            out.append((int(entry["version"]), decoded))
+            out.append((int(entry["version"]), found))
     return sorted(out, key=lambda item: item[0])
+
+
+def readable_snapshot(history: Sequence[Mapping[str, Any]], delta_version: int,
+                      until: int | None) -> int:
+    """The newest Delta version with the same rows as ``delta_version``.
+
+    Walks forward over maintenance commits (OPTIMIZE, VACUUM) only, stopping before
+    ``until`` (the next headwater commit): after a compaction and a vacuum the files of
+    ``delta_version`` are gone, but the compacted snapshot holds the same rows.
+    """
+    best = delta_version
+    for entry in history:
+        version = int(entry["version"])
+        if version <= delta_version:
+            continue
+        if (until is not None and version >= until) or \
+                entry.get("operation") not in MAINTENANCE or headwater_metadata(entry):
+            break
+        best = version
+    return best
 
 
 def _loads(value: Any) -> Any:
@@ -224,10 +323,6 @@ def _loads(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
-
-def files_of(table: Any) -> list[str]:
-    return [str(uri) for uri in table.file_uris()]
 
 
 def arrow_schema(table: Any) -> pa.Schema:
@@ -247,7 +342,7 @@ def read_arrow(table: Any, columns: Sequence[str] | None = None,
     import pyarrow.dataset as pads
 
     schema = arrow_schema(table)
-    files = files_of(table)
+    files = data_files(table)
     parts = partition_columns(table)
     if not files:
         return schema.empty_table() if columns is None else schema.empty_table().select(
@@ -257,8 +352,8 @@ def read_arrow(table: Any, columns: Sequence[str] | None = None,
         partitioning = pads.partitioning(pa.schema([schema.field(p) for p in parts]),
                                          flavor="hive")
     filesystem = None
-    base = str(table.table_uri).removeprefix("file://")
-    location = location_of(str(table.table_uri))
+    base = table_root(table)
+    location = location_of(base)
     if location is not None:  # a remote warehouse: read through fsspec
         from pyarrow.fs import FSSpecHandler, PyFileSystem
 
@@ -268,8 +363,6 @@ def read_arrow(table: Any, columns: Sequence[str] | None = None,
         filesystem = PyFileSystem(FSSpecHandler(fs))
         files = [f.split("://", 1)[1] for f in files]
         base = base.split("://", 1)[1]
-    else:
-        files = [parquet_path(f) for f in files]
     dataset = pads.dataset(files, format="parquet", partitioning=partitioning,
                            partition_base_dir=base, schema=schema, filesystem=filesystem)
     result = dataset.to_table(columns=list(columns) if columns else None)

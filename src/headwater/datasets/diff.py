@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def _relation(ds: Dataset, version: int) -> tuple[str, pa.Schema]:
     table = ds._table(version)
-    files = [delta.parquet_path(f) for f in delta.files_of(table)]
+    files = delta.data_files(table)
     schema = delta.arrow_schema(table)
     if not files:
         cols = ", ".join(f"NULL AS {quote(f.name)}" for f in schema) or "NULL AS _empty"

@@ -75,13 +75,18 @@ class VersionFacts:
     sources: list[dict[str, Any]] = field(default_factory=list)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     key: list[str] = field(default_factory=list)
+    rejected: dict[str, Any] | None = None
+    """Quarantined rows this commit's run commits next (step, spill paths), for repair."""
 
     def metadata(self) -> dict[str, Any]:
-        return {
+        meta = {
             "run_id": self.run_id, "pipeline": self.pipeline, "step_id": self.step_id,
             "code_version": self.code_version, "trigger": self.trigger, "mode": self.mode,
             "inputs": self.inputs, "sources": self.sources, "state": self.state,
         }
+        if self.rejected:
+            meta["rejected"] = self.rejected
+        return meta
 
 
 def schema_json(schema: pa.Schema) -> list[dict[str, Any]]:
@@ -89,21 +94,28 @@ def schema_json(schema: pa.Schema) -> list[dict[str, Any]]:
 
 
 def reconcile(store: Store, dataset: str, uri: str,
-              storage_options: Mapping[str, str] | None = None) -> int:
+              storage_options: Mapping[str, str] | None = None, *,
+              before: int | None = None) -> int:
     """Record every headwater commit of ``uri`` the store does not know yet (crash repair).
 
-    Returns how many versions were recovered.
+    Commits are matched to runs by their own commit metadata (run, step), read from a fresh
+    log, never by position; ``before`` stops at that Delta version. Returns how many
+    versions were recovered.
     """
+    known = store.recorded_delta_versions(dataset)
     table = delta.open_table(uri, storage_options=storage_options)
-    if table is None:
-        return 0
+    if table is None or (known and max(known) == int(table.version())):
+        return 0  # the newest commit is recorded, and every one before it was recorded first
+    history = delta.fresh_history(uri, storage_options)
+    entries = {int(h["version"]): h for h in history}
     recovered = 0
-    history = {int(h["version"]): h for h in table.history() if "version" in h}
-    for dv, meta in delta.commit_metadata(table):
-        if store.has_delta_version(dataset, dv):
+    for dv, meta in delta.commit_metadata(history):
+        if before is not None and dv >= before:
+            break
+        if dv in known:
             continue
-        metrics = history.get(dv, {}).get("operationMetrics", {}) or {}
-        table.load_as_version(dv)
+        metrics = entries[dv].get("operationMetrics", {}) or {}
+        table = delta.open_table(uri, dv, storage_options)
         store.ensure_dataset(dataset, uri, meta.get("pipeline"))
         _record(store, dataset, dv, meta, table, rows_added=int(
             metrics.get("num_added_rows", metrics.get("num_target_rows_inserted", 0)) or 0),
@@ -130,7 +142,9 @@ def _record(store: Store, dataset: str, dv: int, meta: Mapping[str, Any], table:
 
     values = {
         "dataset": dataset,
-        "version": delta.version_of(dv),
+        # dense: one more than the newest version committed before this one (every earlier
+        # commit is recorded first), whatever Delta versions maintenance commits took
+        "version": store.next_version_number(dataset, dv),
         "delta_version": dv,
         "run_id": meta.get("run_id"),
         "pipeline": meta.get("pipeline"),
@@ -148,9 +162,11 @@ def _record(store: Store, dataset: str, dv: int, meta: Mapping[str, Any], table:
         "drift": drift,
         "notes": notes,
     }
+    if meta.get("rejected"):  # rejected rows this commit owes (see steps/publish.py)
+        values["notes"] = {**(notes or {}), "rejected": meta["rejected"]}
     state = {split_state_key(k): v for k, v in (meta.get("state") or {}).items()}
     store.add_version(values, state)
-    return values
+    return store.version_at(dataset, dv) or values
 
 
 @dataclass
@@ -188,16 +204,18 @@ def publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchR
             raise counting.error from None  # the source failed, not Delta
         raise
     store.ensure_dataset(dataset, uri, facts.pipeline, facts.key)  # only once it has a version
-    table = delta.open_table(uri, storage_options=storage_options)
-    table.load_as_version(dv)
+    # a concurrent writer may have committed before us and not recorded it yet: record
+    # every earlier commit first, so version numbers stay dense and in commit order
+    reconcile(store, dataset, uri, storage_options, before=dv)
+    table = delta.open_table(uri, dv, storage_options)
     stats = drift = None
     if stats_fn is not None:
         stats, drift = stats_fn(table, dv)
     notes = {"merge": metrics} if metrics else None
     record = _record(store, dataset, dv, facts.metadata(), table, rows_added=added,
                      rows_removed=removed, stats=stats, drift=drift, notes=notes)
-    return PublishResult(dataset, delta.version_of(dv), added, removed, bytes=counting.bytes,
-                         record=record)
+    return PublishResult(dataset, int(record["version"]), added, removed,
+                         bytes=counting.bytes, record=record)
 
 
 def _commit(uri: str, counting: delta.CountingReader, table: Any, facts: VersionFacts,

@@ -30,8 +30,8 @@ SAMPLE_SEED = 42
 def version_stats(con: Any, table: Any, *,
                   reference: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Column statistics of a loaded Delta table version (the shape of ``column_stats``)."""
-    files = [delta.parquet_path(f) for f in delta.files_of(table)]
-    delta.register_readers(con, str(table.table_uri))
+    files = delta.data_files(table)
+    delta.register_readers(con, delta.table_root(table))
     if not files:
         return {"rows": 0, "columns": {}}
     actions = pa.table(table.get_add_actions(flatten=True))

@@ -26,7 +26,10 @@ def acquire(spill_dir: Path) -> Any:
             return _POOL.pop()
     import duckdb
 
-    own = spill_dir / uuid.uuid4().hex[:12]  # one folder per database: no shared temp files
+    # one folder per database (pid + random): processes and databases never share temp
+    # files; DuckDB creates only the last level, so the parents must exist first
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    own = spill_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     db = duckdb.connect(config={
         "temp_directory": str(own),
         # bounded memory whatever the input size: DuckDB spills past this

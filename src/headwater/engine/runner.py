@@ -468,7 +468,8 @@ class RunEngine:
         if rejected:
             from headwater.steps.publish import publish_rejected
 
-            publish_rejected(self.project, self.run, code, rejected, step_id="_end")
+            publish_rejected(self.project, self.run, code, rejected, step_id="_end",
+                             state=state)
         if state:
             from headwater.steps.base import split_state_key
 

@@ -8,7 +8,10 @@ The commit mechanics live in :mod:`headwater.datasets.publish`.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -25,12 +28,15 @@ from headwater.datasets.publish import (
 from headwater.exceptions import HeadwaterError, PublishError, StepError
 from headwater.sqltext import ident as quote
 from headwater.sqltext import text as sql_string
+from headwater.steps.align import Cast, aligned
 from headwater.steps.base import REJECTED_COLUMNS, StepContext, StepOutput, register
 
 if TYPE_CHECKING:
     from headwater.runtime import ProjectRuntime
 
 BATCH_ROWS = 256_000
+PENDING_LOOKBACK = 3
+"""How many of a dataset's newest versions are checked for rejected rows still owed."""
 
 
 def rejected_dataset(pipeline: str) -> str:
@@ -69,7 +75,11 @@ def _one_row_per_key(con: Any, query: str, config: PublishConfig) -> str:
 
 def _check_schema(con: Any, query: str, ctx: StepContext, config: PublishConfig,
                   uri: str) -> list[str]:
-    """Fail under ``freeze`` on any new or changed column; describe changes under evolve."""
+    """Fail under ``freeze`` on any new or changed column; describe changes under evolve.
+
+    A changed type is a schema change only for an overwrite: an append or merge casts it
+    to the dataset's type or fails (:mod:`headwater.steps.align`).
+    """
     table = delta.open_table(uri)
     if table is None:
         return []
@@ -79,7 +89,8 @@ def _check_schema(con: Any, query: str, ctx: StepContext, config: PublishConfig,
     for field in incoming:
         if field.name not in existing.names:
             changes.append(f"new column {field.name!r} ({field.type})")
-        elif not _compatible(existing.field(field.name).type, field.type):
+        elif not _compatible(existing.field(field.name).type, field.type) and (
+                config.schema_ == "freeze" or config.mode == "overwrite"):
             changes.append(f"column {field.name!r} changed type from "
                            f"{existing.field(field.name).type} to {field.type}")
     missing = [n for n in existing.names if n not in incoming.names]
@@ -97,43 +108,6 @@ def _compatible(existing: pa.DataType, incoming: pa.DataType) -> bool:
                                          or pa.types.is_large_string(incoming)):
         return True
     return bool(pa.types.is_timestamp(existing) and pa.types.is_timestamp(incoming))
-
-
-def _aligned(con: Any, query: str, uri: str) -> str:
-    """Cast columns to the types the dataset already has, so appends don't fail on widening."""
-    table = delta.open_table(uri)
-    if table is None:
-        return query
-    existing = delta.arrow_schema(table)
-    rel = con.sql(f"SELECT * FROM ({query}) LIMIT 0")
-    incoming = rel.to_arrow_table().schema
-    casts = []
-    changed = False
-    for field in incoming:
-        if field.name in existing.names and existing.field(field.name).type != field.type:
-            target = _duckdb_type(existing.field(field.name).type)
-            if target is not None:
-                changed = True
-                casts.append(f"TRY_CAST({quote(field.name)} AS {target}) AS {quote(field.name)}")
-                continue
-        casts.append(quote(field.name))
-    return f"SELECT {', '.join(casts)} FROM ({query})" if changed else query
-
-
-def _duckdb_type(dtype: pa.DataType) -> str | None:
-    simple = {
-        pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
-        pa.int64(): "BIGINT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
-        pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.bool_(): "BOOLEAN",
-        pa.date32(): "DATE",
-    }
-    if dtype in simple:
-        return simple[dtype]
-    if pa.types.is_timestamp(dtype):
-        return "TIMESTAMPTZ" if dtype.tz else "TIMESTAMP"
-    if pa.types.is_decimal(dtype):
-        return f"DECIMAL({dtype.precision},{dtype.scale})"
-    return None
 
 
 def _stats_fn(ctx: StepContext, config: PublishConfig, previous: dict[str, Any] | None) -> Any:
@@ -180,27 +154,37 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
     try:
         query = _final_query(con, source.relation, config)
         changes = _check_schema(con, query, ctx, config, uri)
+        casts: list[Cast] = []
         if config.mode != "overwrite":
-            query = _aligned(con, query, uri)
+            query, casts = aligned(con, query, uri, config.dataset)
     except PublishError:
         raise
     except duckdb.Error as exc:
         raise StepError(str(exc).strip().splitlines()[0]) from None
     lineage = ctx.lineage
-    committed_rejected = publish_rejected(ctx.project, _run_row(ctx), ctx.code_version,
-                                          lineage.rejected, step_id=ctx.step_id)
+    finish_pending_rejected(ctx, config.dataset)
+    pending = _pending(ctx, lineage.rejected)
     facts = VersionFacts(
         run_id=ctx.run_id, pipeline=ctx.pipeline, step_id=ctx.step_id,
         code_version=ctx.code_version, trigger=ctx.trigger, mode=config.mode,
         inputs=list(lineage.inputs), sources=list(lineage.sources), state=dict(lineage.state),
-        key=list(config.key))
+        key=list(config.key), rejected=pending)
     reader = con.sql(query).to_arrow_reader(BATCH_ROWS)
     result = publish_reader(
         ctx.project.store, config.dataset, uri, reader, facts,
         partition_by=config.partition_by, evolve=config.schema_ == "evolve",
         stats_fn=_stats_fn(ctx, config, _previous_stats(ctx, config.dataset)))
     _log_result(ctx, result, changes)
-    if result.skipped == "no rows to publish" and lineage.state:
+    for cast in casts:
+        ctx.log(cast.describe())
+    nothing_new = result.skipped == "no rows to publish"
+    _crash_point("publish:between-commits")
+    # the quarantined rows follow the data: committed by run and step exactly once; if the
+    # data commit made no version, the rejected commit carries the incremental state
+    committed_rejected = publish_rejected(
+        ctx.project, _run_row(ctx), ctx.code_version, lineage.rejected, step_id=ctx.step_id,
+        state=dict(lineage.state) if nothing_new else None)
+    if nothing_new and lineage.state:
         # nothing new arrived, but what was seen (e.g. empty files) still counts as seen
         from headwater.steps.base import split_state_key
 
@@ -227,9 +211,64 @@ def _run_row(ctx: StepContext) -> Mapping[str, Any]:
     return {"id": ctx.run_id, "pipeline": ctx.pipeline, "trigger": ctx.trigger}
 
 
+def _pending(ctx: StepContext, paths: Sequence[str]) -> dict[str, Any] | None:
+    """What the data commit records it still owes ``<pipeline>__rejected`` (for repair)."""
+    if not paths:
+        return None
+    return {"step_id": ctx.step_id, "paths": list(paths)}
+
+
+def finish_pending_rejected(ctx: StepContext, dataset: str) -> None:
+    """Commit the quarantined rows a crashed run owed: its data commit lists them.
+
+    A run commits its data first, then its rejected rows; a kill between the two leaves
+    the data version recorded (with the files' state, so they are not read again) and
+    ``notes.rejected`` naming the run's quarantine spills. Publishing those under the
+    crashed run's own id is idempotent, so neither a repeat nor a race duplicates them.
+    """
+    store = ctx.project.store
+    latest = store.latest_version_number(dataset)
+    for number in range(latest, max(0, latest - PENDING_LOOKBACK), -1):
+        try:
+            record = store.version(dataset, number)
+        except HeadwaterError:  # a gap left by an older store: nothing owed there
+            continue
+        owed = (record.get("notes") or {}).get("rejected")
+        if not owed or record["run_id"] == ctx.run_id or _rejected_committed(
+                ctx.project, record, str(owed["step_id"])):
+            continue
+        paths = [p for p in owed["paths"] if Path(p).exists()]
+        if len(paths) < len(owed["paths"]):
+            ctx.log(f"run {record['run_id']} owed quarantined rows whose spill files are "
+                    f"gone; they cannot be committed", level="warning")
+        run = {"id": record["run_id"], "pipeline": record["pipeline"],
+               "trigger": record["trigger"]}
+        publish_rejected(ctx.project, run, str(record["code_version"]), paths,
+                         step_id=str(owed["step_id"]))
+
+
+def _rejected_committed(project: ProjectRuntime, record: Mapping[str, Any],
+                        step_id: str) -> bool:
+    name = rejected_dataset(str(record["pipeline"]))
+    table = delta.open_table(project.dataset_uri(name))
+    return delta.already_committed(
+        table, delta.app_id(str(record["run_id"]), f"{step_id}:rejected", name))
+
+
+def _crash_point(name: str) -> None:
+    """Die here, as kill -9 would, if ``HEADWATER_CRASH_AT`` names this point (tests)."""
+    if os.environ.get("HEADWATER_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def publish_rejected(project: ProjectRuntime, run: Mapping[str, Any], code_version: str,
-                     paths: Sequence[str], *, step_id: str) -> list[str]:
-    """Append quarantined rows (Parquet spills) to ``<pipeline>__rejected``, idempotently."""
+                     paths: Sequence[str], *, step_id: str,
+                     state: Mapping[str, Any] | None = None) -> list[str]:
+    """Append quarantined rows (Parquet spills) to ``<pipeline>__rejected``, idempotently.
+
+    ``state`` (incremental state no data commit carried) is recorded with the version, so
+    a crash right after cannot make the next run quarantine the same rows again.
+    """
     if not paths:
         return []
     import duckdb
@@ -242,7 +281,8 @@ def publish_rejected(project: ProjectRuntime, run: Mapping[str, Any], code_versi
                          ).to_arrow_reader(BATCH_ROWS)
         facts = VersionFacts(run_id=str(run["id"]), pipeline=str(run["pipeline"]),
                              step_id=f"{step_id}:rejected", code_version=code_version,
-                             trigger=str(run.get("trigger", "manual")), mode="append")
+                             trigger=str(run.get("trigger", "manual")), mode="append",
+                             state=dict(state or {}))
         publish_reader(project.store, name, project.dataset_uri(name), reader, facts,
                        evolve=False)
     return list(paths)

@@ -24,7 +24,13 @@ from headwater.config.models import (
 )
 from headwater.connectors import files as fileconn
 from headwater.datasets import delta
-from headwater.exceptions import ConfigError, HeadwaterError, TerminalSourceError
+from headwater.datasets.snapshot import open_version, unreadable
+from headwater.exceptions import (
+    ConfigError,
+    HeadwaterError,
+    NotFoundError,
+    TerminalSourceError,
+)
 from headwater.sqltext import text as sql_string
 from headwater.steps.base import StepContext, StepOutput, register, state_key
 from headwater.steps.http_source import read_http
@@ -136,13 +142,15 @@ def _dataset(ctx: StepContext, source: DatasetSource) -> StepOutput:
     store = ctx.project.store
     record = store.version(source.dataset, source.version)
     uri = store.dataset(source.dataset)["uri"]
-    table = delta.open_table(uri, version=int(record["version"]))
-    if table is None:
-        raise TerminalSourceError(f"dataset {source.dataset!r} has no Delta table at {uri}")
-    files = delta.files_of(table)
+    try:  # the version's rows as the Delta log has them now (after an OPTIMIZE, say)
+        table = open_version(store, source.dataset, uri, int(record["version"]))
+        files = delta.data_files(table)
+    except NotFoundError as exc:
+        raise TerminalSourceError(unreadable(source.dataset, int(record["version"]),
+                                             exc).message) from None
     if files:
         delta.register_readers(ctx.cursor(), uri)
-        listing = ", ".join(sql_string(delta.parquet_path(f)) for f in files)
+        listing = ", ".join(sql_string(f) for f in files)
         hive = "true" if delta.partition_columns(table) else "false"
         relation = (f"SELECT * FROM read_parquet([{listing}], union_by_name=true, "
                     f"hive_partitioning={hive})")

@@ -362,14 +362,51 @@ class Store:
         except IntegrityError:
             if not self.has_delta_version(values["dataset"], values["delta_version"]):
                 raise
+            self._enrich_version(values)
             if state:
                 self.put_state(values.get("pipeline") or "", state, values.get("run_id"))
+
+    def _enrich_version(self, values: Mapping[str, Any]) -> None:
+        """A repair recorded this run's commit first: add what only the run knows (stats,
+        drift, exact row counts) to that record."""
+        extra = {k: values[k] for k in ("stats", "drift", "notes", "rows_added", "rows_removed")
+                 if values.get(k) is not None}
+        if not extra:
+            return
+        v = t.dataset_versions.c
+        with self.tx() as conn:
+            conn.execute(update(t.dataset_versions).where(and_(
+                v.dataset == values["dataset"], v.delta_version == values["delta_version"],
+                v.run_id == values.get("run_id"))).values(**extra))
 
     def has_delta_version(self, dataset: str, delta_version: int) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(select(t.dataset_versions.c.version).where(and_(
                 t.dataset_versions.c.dataset == dataset,
                 t.dataset_versions.c.delta_version == delta_version))).first() is not None
+
+    def recorded_delta_versions(self, dataset: str) -> set[int]:
+        """The Delta versions of ``dataset`` that have a record (for crash repair)."""
+        v = t.dataset_versions.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(v.delta_version).where(v.dataset == dataset)).all()
+        return {int(r[0]) for r in rows}
+
+    def next_version_number(self, dataset: str, delta_version: int) -> int:
+        """The dense headwater version of a new commit: one past those committed before it
+        (Delta versions have gaps where a user's OPTIMIZE or VACUUM committed)."""
+        v = t.dataset_versions.c
+        with self.engine.connect() as conn:
+            value = conn.execute(select(func.max(v.version)).where(and_(
+                v.dataset == dataset, v.delta_version < delta_version))).scalar()
+        return int(value or 0) + 1
+
+    def version_at(self, dataset: str, delta_version: int) -> dict[str, Any] | None:
+        """The record of the version committed as ``delta_version``, if any."""
+        v = t.dataset_versions.c
+        rows = self._read(select(t.dataset_versions).where(and_(
+            v.dataset == dataset, v.delta_version == delta_version)))
+        return rows[0] if rows else None
 
     def versions(self, dataset: str) -> list[dict[str, Any]]:
         return self._read(select(t.dataset_versions)
