@@ -216,13 +216,21 @@ class Project:
         return self.runtime.store.request_cancel(run_id)
 
     def get_run(self, run_id: str) -> Run:
+        self._reap_dead()
         row = self.runtime.store.run(run_id)
         return _run_from(row, self.runtime.store.steps(row["id"]))
 
     def runs(self, pipeline: str | None = None, limit: int = 50) -> list[Run]:
         if pipeline is not None:
             self.runtime.pipeline(pipeline)
+        self._reap_dead()
         return [_run_from(r, None) for r in self.runtime.store.runs(pipeline, limit)]
+
+    def _reap_dead(self) -> None:
+        """A run whose process on this host died is ended now, not shown ``running``."""
+        from headwater.store.liveness import reap_dead
+
+        reap_dead(self.runtime.store)
 
     def logs(self, run_id: str) -> list[dict[str, Any]]:
         row = self.runtime.store.run(run_id)

@@ -149,8 +149,10 @@ class RunEngine:
         self.project.import_path()
         beat = threading.Thread(target=self._heartbeat, name="hw-heartbeat", daemon=True)
         beat.start()
+        turn = contextlib.ExitStack()
         try:
             template_vars = self._template_vars(pf.config.params)
+            turn.enter_context(self._pipeline_turn(pf.config))
             self._repair_datasets(dag)
             reuse = self._reused_outputs(dag)
             self._run_dag(dag, db, executor, workdir, code, template_vars, reuse)
@@ -168,6 +170,8 @@ class RunEngine:
                 duckdb_pool.release(db)
             else:
                 db.close()  # a failed step may still be running in an abandoned thread
+            with contextlib.suppress(HeadwaterError):  # a dead holder's lock is taken over
+                turn.close()
         if self.state.failure is not None:
             status = "cancelled" if self.cancel_event.is_set() else "failed"
             self._finish(status, self.state.failure.message, self.state.failure.step_id or None)
@@ -216,6 +220,24 @@ class RunEngine:
             "trigger": {"kind": run["trigger"], **info},
             "window": window,
         }
+
+    def _pipeline_turn(self, config: Any) -> contextlib.AbstractContextManager[None]:
+        """Wait for this pipeline's other run to end if the two would share incremental
+        state (``engine.serialise``), logging whom it waits for."""
+        from headwater.engine.serialise import pipeline_turn
+
+        def on_wait(holder: str) -> None:
+            self._log(None, "info", f"waiting for run {holder} of {config.name} to finish "
+                      "(runs of an incremental pipeline take turns)", {"holder": holder})
+
+        def cancelled() -> bool:
+            if self.cancel_event.is_set() or self.store.cancel_requested(self.run_id):
+                self.cancel_event.set()
+                return True
+            return False
+
+        return pipeline_turn(self.store, self.run_id, config, on_wait=on_wait,
+                             cancelled=cancelled)
 
     def _repair_datasets(self, dag: Plan) -> None:
         """Record commits a crash left unrecorded *before* sources read incremental state,
