@@ -154,7 +154,7 @@ class RunEngine:
             template_vars = self._template_vars(pf.config.params)
             turn.enter_context(self._pipeline_turn(pf.config))
             self._repair_datasets(dag)
-            reuse = self._reused_outputs(dag)
+            reuse = self._reused_outputs(dag, code)
             self._run_dag(dag, db, executor, workdir, code, template_vars, reuse)
             self._commit_leftovers(dag, db, workdir, code, template_vars)
         except HeadwaterError as exc:
@@ -254,8 +254,23 @@ class RunEngine:
                 self._log(None, "warning", f"recovered {recovered} unrecorded version(s) of "
                           f"{name} from its Delta log", {})
 
-    def _reused_outputs(self, dag: Plan) -> dict[str, StepOutput]:
-        """Outputs taken from an earlier run (rerun --from-failed, run --from-step)."""
+    def _reused_outputs(self, dag: Plan, code: str) -> dict[str, StepOutput]:
+        """Outputs taken from an earlier run (rerun --from-failed, run --from-step, a
+        resumed run), less those that would duplicate rows or came from other code."""
+        from headwater.engine.reuse import decide
+
+        found = self._recorded_outputs(dag)
+        if not found:
+            return found
+        parent = str(self.run["parent_run_id"])
+        parent_code = self.store.run(parent)["code_version"] if parent != self.run_id \
+            else self.run["code_version"]
+        decision = decide(dag, found, parent_id=parent, parent_code=parent_code, code=code)
+        if decision.reason:
+            self._log(None, "warning", decision.reason, {"steps": decision.recomputed})
+        return decision.outputs
+
+    def _recorded_outputs(self, dag: Plan) -> dict[str, StepOutput]:
         steps = self.run["reuse_steps"]
         if not steps:
             return {}
