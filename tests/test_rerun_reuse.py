@@ -76,22 +76,26 @@ def test_resumed_run_rereads_what_later_runs_ingested(make_project: ProjectFacto
 
 
 def test_from_failed_recomputes_steps_after_a_code_change(make_project: ProjectFactory) -> None:
-    """``rerun --from-failed`` after the pipeline's code changed re-executes every step
-    (saying why) instead of silently reusing outputs the old code made."""
-    pipeline = PIPELINE.replace("incremental: true", "incremental: false")
+    """``rerun --from-failed`` re-executes a step that succeeded before but whose code
+    changed since (saying so), instead of silently reusing what the old code made."""
+    pipeline = PIPELINE.replace(
+        "    source: {type: files, path: landing/*.csv, incremental: true}",
+        "    sql: SELECT range AS id, range AS v FROM range(10)").replace(
+        "    publish: {input: clean, dataset: orders}",
+        "    publish: {input: broken, dataset: orders}").replace(
+        "  - id: publish\n",
+        "  - id: broken\n    sql: SELECT * FROM clean WHERE nonexistent\n  - id: publish\n")
     root = make_project({"orders": pipeline})
-    _csv(root / "landing/a.csv", 0, 10)
-    write(root / "landing/bad.csv", "id,v\n1,1,1\n")
     with hw.Project(root) as project:
         failed = project.run("orders")
-        assert "failed" == failed.status
-    (root / "landing/bad.csv").unlink()
-    write(root / "pipelines/orders.yaml", pipeline.replace("v >= 0", "v >= 5"))
+        assert ("failed", "broken") == (failed.status, failed.failed_step)
+    write(root / "pipelines/orders.yaml", pipeline.replace("v >= 0", "v >= 5").replace(
+        " WHERE nonexistent", ""))
     with hw.Project(root) as project:
         rerun = project.rerun(failed.id, from_failed=True)
         assert rerun.ok, rerun.error
         assert [5, 6, 7, 8, 9] == sorted(_ids(project))
-        assert any("code changed since run" in line["message"]
+        assert any("code of clean changed since run" in line["message"]
                    for line in project.logs(rerun.id))
-        assert {"raw": "succeeded", "clean": "succeeded", "publish": "succeeded"} == \
-            {s.step_id: s.status for s in rerun.steps}
+        assert {"raw": "reused", "clean": "succeeded", "broken": "succeeded",
+                "publish": "succeeded"} == {s.step_id: s.status for s in rerun.steps}

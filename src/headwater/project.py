@@ -194,6 +194,10 @@ class Project:
     def rerun(self, run_id: str, *, from_failed: bool = False,
               observer: Observer | None = None) -> Run:
         """Run again with the same params; ``from_failed`` reuses the steps that succeeded."""
+        return self.execute(self.prepare_rerun(run_id, from_failed=from_failed), observer)
+
+    def prepare_rerun(self, run_id: str, *, from_failed: bool = False) -> str:
+        """Create (``running``, here) the run that reruns ``run_id``; returns its id."""
         old = self.runtime.store.run(run_id)
         reuse: list[str] | None = None
         if from_failed:
@@ -209,7 +213,7 @@ class Project:
             from_step=old["failed_step"] if from_failed else None, reuse_steps=reuse,
             window=(old["window_start"], old["window_end"]) if old["window_start"] else None,
             status="running")
-        return self.execute(new_id, observer)
+        return new_id
 
     def cancel(self, run_id: str) -> str:
         """Ask a run to stop; returns the resulting state (cancelled / cancelling / ...)."""

@@ -27,6 +27,7 @@ from headwater.engine import duckdb_pool
 from headwater.engine.context import RunContext
 from headwater.engine.executor import Executor, make_executor
 from headwater.engine.plan import Plan, plan
+from headwater.engine.reuse import step_codes
 from headwater.exceptions import (
     ConfigError,
     HeadwaterError,
@@ -104,6 +105,8 @@ class RunEngine:
         self.cancel_event = threading.Event()
         self.state = _RunState()
         self._stopped = threading.Event()
+        self._step_codes: dict[str, str] = {}
+        """step id → its code hash (``engine.reuse.step_codes``), recorded with its output."""
         from headwater.lineage.openlineage import emitter_for
 
         self.lineage = emitter_for(project)
@@ -152,6 +155,7 @@ class RunEngine:
         turn = contextlib.ExitStack()
         try:
             template_vars = self._template_vars(pf.config.params)
+            self._step_codes = step_codes(dag, self.project.root, template_vars["params"])
             turn.enter_context(self._pipeline_turn(pf.config))
             self._repair_datasets(dag)
             reuse = self._reused_outputs(dag, code)
@@ -265,9 +269,10 @@ class RunEngine:
         parent = str(self.run["parent_run_id"])
         parent_code = self.store.run(parent)["code_version"] if parent != self.run_id \
             else self.run["code_version"]
-        decision = decide(dag, found, parent_id=parent, parent_code=parent_code, code=code)
-        if decision.reason:
-            self._log(None, "warning", decision.reason, {"steps": decision.recomputed})
+        decision = decide(dag, found, parent_id=parent, parent_code=parent_code, code=code,
+                          codes=self._step_codes)
+        for reason in decision.reasons:
+            self._log(None, "warning", reason, {})
         return decision.outputs
 
     def _recorded_outputs(self, dag: Plan) -> dict[str, StepOutput]:
@@ -423,6 +428,7 @@ class RunEngine:
             finally:
                 ctx.close()
             seconds = time.perf_counter() - started
+            output.info["code"] = self._step_codes.get(step.id)  # reuse checks it
             self.store.finish_step(attempt_id, "succeeded", seconds=seconds,
                                    rows_out=output.rows, output=output.to_json(),
                                    rows_in=output.info.get("rows_in"),
