@@ -96,6 +96,17 @@ def claim(store: Store, worker: str, *, exclude_pipelines: Sequence[str] = ()) -
         return str(run_id) if result.rowcount == 1 else None
 
 
+def claim_run(store: Store, run_id: str, worker: str) -> bool:
+    """Take one given queued run for ``worker``; False if someone (a server) took it first."""
+    now = utcnow()
+    with store.tx() as conn:
+        result = conn.execute(update(t.runs).where(and_(
+            t.runs.c.id == run_id, t.runs.c.status == "queued")).values(
+            status="running", worker=worker, started_at=now, heartbeat_at=now,
+            **this_process()))
+        return result.rowcount == 1
+
+
 def running_counts(store: Store) -> dict[str, int]:
     """pipeline → runs running now, across every server."""
     with store.engine.connect() as conn:
