@@ -215,6 +215,30 @@ def test_sigterm_requeues_and_restart_resumes(make_project: ProjectFactory,
         assert ("first", "reused") in statuses
 
 
+def test_shutdown_kills_the_command_before_requeueing(make_project: ProjectFactory,
+                                                      serve: Callable[..., Served]) -> None:
+    """A graceful shutdown that gives up on a running command step kills its process
+    group before queueing the run again, so a restart never runs it twice at once."""
+    from headwater.store.liveness import process_alive
+
+    slow = """
+    name: slow
+    steps:
+      - id: train
+        command: "echo $$ > train.pid; exec sleep 120"
+    """
+    root = make_project({"slow": slow})
+    server = serve(root, env={"HEADWATER_SHUTDOWN_GRACE": "0.5"})
+    with hw.Project(root) as project:
+        run_id = project.queue("slow")
+        pid_file = root / "train.pid"
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+        pid = int(pid_file.read_text())
+        assert 0 == server.stop()
+        assert "queued" == project.runtime.store.run(run_id)["status"]
+        wait_for(lambda: not process_alive(pid), 10)
+
+
 @pytest.mark.services
 def test_two_servers_on_postgres_never_double_run(make_project: ProjectFactory,
                                                   serve: Callable[..., Served],

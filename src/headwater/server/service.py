@@ -121,6 +121,7 @@ class Server:
         if self.running:
             left = list(self.running)
             await asyncio.to_thread(self._requeue_own, left)
+            _kill_commands()  # a resumed run must not start a second one beside it
             log.warning("queued %d unfinished run(s) again for the next start", len(left))
         if api is not None:
             api.should_exit = True
@@ -333,6 +334,14 @@ def _incremental(runtime: ProjectRuntime, pipeline: str) -> bool:
         if source is not None and getattr(source, "incremental", None):
             return True
     return False
+
+
+def _kill_commands() -> None:
+    from headwater.steps.command import kill_running
+
+    killed = kill_running()
+    if killed:
+        log.warning("killed %d command process group(s) of unfinished runs", killed)
 
 
 def serve(project: str | Path | None, options: ServerOptions) -> None:

@@ -220,8 +220,12 @@ class Store:
 
     def finish_run(self, run_id: str, status: str, error: str | None = None,
                    failed_step: str | None = None) -> None:
-        self.update_run(run_id, status=status, finished_at=utcnow(), error=error,
-                        failed_step=failed_step)
+        """End a running run. A run queued again meanwhile (its server gave up on it at
+        shutdown) or already ended is left alone: its engine no longer owns it."""
+        with self.tx() as conn:
+            conn.execute(update(t.runs).where(and_(
+                t.runs.c.id == run_id, t.runs.c.status == "running")).values(
+                status=status, finished_at=utcnow(), error=error, failed_step=failed_step))
 
     def request_cancel(self, run_id: str) -> str:
         """Mark a run for cancellation; a queued run is cancelled at once."""
