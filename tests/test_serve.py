@@ -290,3 +290,34 @@ def test_two_servers_on_postgres_never_double_run(make_project: ProjectFactory,
         victim.stop(signal.SIGKILL)
         wait_for(lambda: store.run(run_id)["status"] == "succeeded", 40)
         assert owner != store.run(run_id)["worker"]
+
+
+def test_serve_on_a_busy_port_exits_2_and_claims_nothing(make_project: ProjectFactory) -> None:
+    """``serve`` on a port already in use says so and exits 2 without claiming (and so
+    abandoning) a queued run, and never claims to be serving."""
+    root = make_project({"ingest": INGEST})
+    with socket.socket() as busy, hw.Project(root) as project:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run_id = project.queue("ingest")
+        result = subprocess.run(
+            [sys.executable, "-m", "headwater.cli.main", "serve", "--port", str(port),
+             "--project", str(root)], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "HOOK_TOKEN": "t"})
+        assert 2 == result.returncode, result.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+        assert "serving on" not in result.stderr
+        assert "queued" == project.runtime.store.run(run_id)["status"]
+
+
+def test_serve_reports_config_errors_before_serving(make_project: ProjectFactory) -> None:
+    """A broken ``headwater.yaml`` stops ``serve`` with exit 2 and the file's error, and
+    nothing claims to be serving first."""
+    root = make_project({"ingest": INGEST}, settings="max_concurrent_runs: many\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "headwater.cli.main", "serve", "--port", str(_free_port()),
+         "--project", str(root)], capture_output=True, text=True, timeout=60)
+    assert 2 == result.returncode, result.stderr
+    assert "max_concurrent_runs" in result.stderr
+    assert "serving on" not in result.stderr

@@ -334,8 +334,12 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
     options = ServerOptions(host=host, port=port)
     if worker:
         options.worker = worker
-    sys.stderr.write(f"headwater serving on http://{host}:{port} (API at /api, "
-                     f"metrics at /metrics); Ctrl-C to stop\n")
+
+    def announce() -> None:  # once the port is bound and the project loaded
+        sys.stderr.write(f"headwater serving on http://{host}:{port} (API at /api, "
+                         f"metrics at /metrics); Ctrl-C to stop\n")
+
+    options.on_ready = announce
     run_server(project, options)
 
 
