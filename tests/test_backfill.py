@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from tests.conftest import ProjectFactory, run_cli
 
@@ -54,3 +59,26 @@ def test_triggers_list_and_disable(make_project: ProjectFactory) -> None:
     assert [False, True] == [t["enabled"] for t in after]
     bad = run_cli("triggers", "disable", "hourly.7", "--project", str(root))
     assert 2 == bad.returncode
+
+
+@pytest.mark.slow
+def test_backfill_beside_a_server_executes_each_run_once(make_project: ProjectFactory,
+                                                         serve: Callable[..., Any]) -> None:
+    """With ``serve`` running on the same store, each backfill run's steps execute exactly
+    once (the server and the backfill never both claim a run): a command step, i.e. a
+    training, never runs twice."""
+    pipeline = HOURLY + """  - id: train
+    needs: [out]
+    command: "echo {{ run.id }} >> executions.txt"
+"""
+    root = make_project({"hourly": pipeline})
+    server = serve(root)
+    result = run_cli("backfill", "hourly", "--start", "2026-11-01T00:00:00+00:00",
+                     "--end", "2026-11-01T08:00:00+00:00", "--concurrency", "2", "--json",
+                     "--project", str(root), env={"SECRET_HOOK": "x"})
+    assert 0 == result.returncode, result.stderr
+    queued = json.loads(result.stdout)["queued"]
+    server.stop()
+    executions = Counter((root / "executions.txt").read_text().split())
+    assert (8, {1}) == (len(queued), set(executions.values()))
+    assert set(queued) == set(executions)

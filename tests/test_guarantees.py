@@ -92,7 +92,7 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(make_project: ProjectFactor
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert "running" == project.runs("slow")[0].status  # left behind, honestly
+        assert "failed" == project.runs("slow")[0].status  # its process died: ended at once
         with pytest.raises(hw.NotFoundError):
             project.dataset("orders")
         assert project.run("orders").ok

@@ -215,6 +215,30 @@ def test_sigterm_requeues_and_restart_resumes(make_project: ProjectFactory,
         assert ("first", "reused") in statuses
 
 
+def test_shutdown_kills_the_command_before_requeueing(make_project: ProjectFactory,
+                                                      serve: Callable[..., Served]) -> None:
+    """A graceful shutdown that gives up on a running command step kills its process
+    group before queueing the run again, so a restart never runs it twice at once."""
+    from headwater.store.liveness import process_alive
+
+    slow = """
+    name: slow
+    steps:
+      - id: train
+        command: "echo $$ > train.pid; exec sleep 120"
+    """
+    root = make_project({"slow": slow})
+    server = serve(root, env={"HEADWATER_SHUTDOWN_GRACE": "0.5"})
+    with hw.Project(root) as project:
+        run_id = project.queue("slow")
+        pid_file = root / "train.pid"
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+        pid = int(pid_file.read_text())
+        assert 0 == server.stop()
+        assert "queued" == project.runtime.store.run(run_id)["status"]
+        wait_for(lambda: not process_alive(pid), 10)
+
+
 @pytest.mark.services
 def test_two_servers_on_postgres_never_double_run(make_project: ProjectFactory,
                                                   serve: Callable[..., Served],
@@ -266,3 +290,34 @@ def test_two_servers_on_postgres_never_double_run(make_project: ProjectFactory,
         victim.stop(signal.SIGKILL)
         wait_for(lambda: store.run(run_id)["status"] == "succeeded", 40)
         assert owner != store.run(run_id)["worker"]
+
+
+def test_serve_on_a_busy_port_exits_2_and_claims_nothing(make_project: ProjectFactory) -> None:
+    """``serve`` on a port already in use says so and exits 2 without claiming (and so
+    abandoning) a queued run, and never claims to be serving."""
+    root = make_project({"ingest": INGEST})
+    with socket.socket() as busy, hw.Project(root) as project:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run_id = project.queue("ingest")
+        result = subprocess.run(
+            [sys.executable, "-m", "headwater.cli.main", "serve", "--port", str(port),
+             "--project", str(root)], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "HOOK_TOKEN": "t"})
+        assert 2 == result.returncode, result.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+        assert "serving on" not in result.stderr
+        assert "queued" == project.runtime.store.run(run_id)["status"]
+
+
+def test_serve_reports_config_errors_before_serving(make_project: ProjectFactory) -> None:
+    """A broken ``headwater.yaml`` stops ``serve`` with exit 2 and the file's error, and
+    nothing claims to be serving first."""
+    root = make_project({"ingest": INGEST}, settings="max_concurrent_runs: many\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "headwater.cli.main", "serve", "--port", str(_free_port()),
+         "--project", str(root)], capture_output=True, text=True, timeout=60)
+    assert 2 == result.returncode, result.stderr
+    assert "max_concurrent_runs" in result.stderr
+    assert "serving on" not in result.stderr

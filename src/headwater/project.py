@@ -200,6 +200,10 @@ class Project:
     def rerun(self, run_id: str, *, from_failed: bool = False,
               observer: Observer | None = None) -> Run:
         """Run again with the same params; ``from_failed`` reuses the steps that succeeded."""
+        return self.execute(self.prepare_rerun(run_id, from_failed=from_failed), observer)
+
+    def prepare_rerun(self, run_id: str, *, from_failed: bool = False) -> str:
+        """Create (``running``, here) the run that reruns ``run_id``; returns its id."""
         old = self.runtime.store.run(run_id)
         reuse: list[str] | None = None
         if from_failed:
@@ -215,20 +219,28 @@ class Project:
             from_step=old["failed_step"] if from_failed else None, reuse_steps=reuse,
             window=(old["window_start"], old["window_end"]) if old["window_start"] else None,
             status="running")
-        return self.execute(new_id, observer)
+        return new_id
 
     def cancel(self, run_id: str) -> str:
         """Ask a run to stop; returns the resulting state (cancelled / cancelling / ...)."""
         return self.runtime.store.request_cancel(run_id)
 
     def get_run(self, run_id: str) -> Run:
+        self._reap_dead()
         row = self.runtime.store.run(run_id)
         return _run_from(row, self.runtime.store.steps(row["id"]))
 
     def runs(self, pipeline: str | None = None, limit: int = 50) -> list[Run]:
         if pipeline is not None:
             self.runtime.pipeline(pipeline)
+        self._reap_dead()
         return [_run_from(r, None) for r in self.runtime.store.runs(pipeline, limit)]
+
+    def _reap_dead(self) -> None:
+        """A run whose process on this host died is ended now, not shown ``running``."""
+        from headwater.store.liveness import reap_dead
+
+        reap_dead(self.runtime.store)
 
     def logs(self, run_id: str) -> list[dict[str, Any]]:
         row = self.runtime.store.run(run_id)

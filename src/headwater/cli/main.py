@@ -195,8 +195,25 @@ def run(pipeline: str,
     """Run a pipeline now and wait for it."""
     proj = _project(project)
     printer = RunPrinter(resolve_log_format(log_format), quiet=json_)
-    result = proj.run(pipeline, _parse_params(param), from_step=from_step, observer=printer)
-    _finish_run(result, json_)
+    run_id = proj.queue(pipeline, _parse_params(param), from_step=from_step,
+                        _status="running")
+    _execute_interruptibly(proj, run_id, printer, json_)
+
+
+def _execute_interruptibly(proj: Any, run_id: str, printer: RunPrinter, json_: bool) -> None:
+    """Execute a created run; Ctrl-C/SIGTERM cancel it and the truth is printed."""
+    from headwater.cli.interrupt import cancel_on_signals, describe
+
+    with cancel_on_signals(proj.runtime.store, run_id) as interrupt:
+        result = proj.execute(run_id, printer)
+    if interrupt.signal is None:
+        _finish_run(result, json_)
+        return
+    if json_:
+        print_json(result.as_dict())
+    versions = proj.runtime.store.versions_by_run(run_id)
+    sys.stderr.write(describe(result, versions, interrupt.signal))
+    raise typer.Exit(interrupt.exit_code)
 
 
 @app.command()
@@ -210,7 +227,8 @@ def rerun(run_id: str,
     """Run a finished run again (same params)."""
     proj = _project(project)
     printer = RunPrinter(resolve_log_format(log_format), quiet=json_)
-    _finish_run(proj.rerun(run_id, from_failed=from_failed, observer=printer), json_)
+    _execute_interruptibly(proj, proj.prepare_rerun(run_id, from_failed=from_failed), printer,
+                           json_)
 
 
 @app.command()
@@ -360,8 +378,12 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
     options = ServerOptions(host=host, port=port)
     if worker:
         options.worker = worker
-    sys.stderr.write(f"headwater serving on http://{host}:{port} (API at /api, "
-                     f"metrics at /metrics); Ctrl-C to stop\n")
+
+    def announce() -> None:  # once the port is bound and the project loaded
+        sys.stderr.write(f"headwater serving on http://{host}:{port} (API at /api, "
+                         f"metrics at /metrics); Ctrl-C to stop\n")
+
+    options.on_ready = announce
     run_server(project, options)
 
 

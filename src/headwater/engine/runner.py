@@ -27,6 +27,7 @@ from headwater.engine import duckdb_pool
 from headwater.engine.context import CommitHook, RunContext
 from headwater.engine.executor import Executor, make_executor
 from headwater.engine.plan import Plan, plan
+from headwater.engine.reuse import step_codes
 from headwater.exceptions import (
     ConfigError,
     HeadwaterError,
@@ -110,6 +111,8 @@ class RunEngine:
         self.state = _RunState()
         self._stopped = threading.Event()
         self._commit_hooks: list[CommitHook] = []
+        self._step_codes: dict[str, str] = {}
+        """step id → its code hash (``engine.reuse.step_codes``), recorded with its output."""
         from headwater.lineage.openlineage import emitter_for
 
         self.lineage = emitter_for(project)
@@ -155,10 +158,13 @@ class RunEngine:
         self.project.import_path()
         beat = threading.Thread(target=self._heartbeat, name="hw-heartbeat", daemon=True)
         beat.start()
+        turn = contextlib.ExitStack()
         try:
             template_vars = self._template_vars(pf.config.params)
+            self._step_codes = step_codes(dag, self.project.root, template_vars["params"])
+            turn.enter_context(self._pipeline_turn(pf.config))
             self._repair_datasets(dag)
-            reuse = self._reused_outputs(dag)
+            reuse = self._reused_outputs(dag, code)
             self._run_dag(dag, db, executor, workdir, code, template_vars, reuse)
             self._commit_leftovers(dag, db, workdir, code, template_vars)
         except HeadwaterError as exc:
@@ -174,6 +180,10 @@ class RunEngine:
                 duckdb_pool.release(db)
             else:
                 db.close()  # a failed step may still be running in an abandoned thread
+            if self.state.parked is not None and self.state.failure is None:
+                turn.pop_all()  # a parked run keeps its pipeline's lock until it goes on
+            with contextlib.suppress(HeadwaterError):  # a dead holder's lock is taken over
+                turn.close()
         if self.state.parked is not None and self.state.failure is None:
             self._settle_commit_hooks(committed=False)  # nothing committed yet: no acks
             return self._park()
@@ -261,6 +271,24 @@ class RunEngine:
             "window": window,
         }
 
+    def _pipeline_turn(self, config: Any) -> contextlib.AbstractContextManager[None]:
+        """Wait for this pipeline's other run to end if the two would share incremental
+        state (``engine.serialise``), logging whom it waits for."""
+        from headwater.engine.serialise import pipeline_turn
+
+        def on_wait(holder: str) -> None:
+            self._log(None, "info", f"waiting for run {holder} of {config.name} to finish "
+                      "(runs of an incremental pipeline take turns)", {"holder": holder})
+
+        def cancelled() -> bool:
+            if self.cancel_event.is_set() or self.store.cancel_requested(self.run_id):
+                self.cancel_event.set()
+                return True
+            return False
+
+        return pipeline_turn(self.store, self.run_id, config, on_wait=on_wait,
+                             cancelled=cancelled)
+
     def _repair_datasets(self, dag: Plan) -> None:
         """Record commits a crash left unrecorded *before* sources read incremental state,
         so files whose rows were committed are never ingested twice."""
@@ -276,8 +304,25 @@ class RunEngine:
                 self._log(None, "warning", f"recovered {recovered} unrecorded version(s) of "
                           f"{name} from its Delta log", {})
 
-    def _reused_outputs(self, dag: Plan) -> dict[str, StepOutput]:
-        """Outputs taken from an earlier run (rerun --from-failed, run --from-step)."""
+    def _reused_outputs(self, dag: Plan, code: str) -> dict[str, StepOutput]:
+        """Outputs taken from an earlier run (rerun --from-failed, run --from-step, a
+        resumed run), less those that would duplicate rows or came from other code."""
+        from headwater.engine.reuse import decide
+
+        found = self._recorded_outputs(dag)
+        if not found:
+            return found
+        parent = str(self.run["parent_run_id"])
+        parent_code = self.store.run(parent)["code_version"] if parent != self.run_id \
+            else self.run["code_version"]
+        continuation = (self.run["trigger_info"] or {}).get("resume") == "wait"
+        decision = decide(dag, found, parent_id=parent, parent_code=parent_code, code=code,
+                          codes=self._step_codes, continuation=continuation)
+        for reason in decision.reasons:
+            self._log(None, "warning", reason, {})
+        return decision.outputs
+
+    def _recorded_outputs(self, dag: Plan) -> dict[str, StepOutput]:
         steps = self.run["reuse_steps"]
         if not steps:
             return {}
@@ -441,6 +486,7 @@ class RunEngine:
             finally:
                 ctx.close()
             seconds = time.perf_counter() - started
+            output.info["code"] = self._step_codes.get(step.id)  # reuse checks it
             self.store.finish_step(attempt_id, "succeeded", seconds=seconds,
                                    rows_out=output.rows, output=output.to_json(),
                                    rows_in=output.info.get("rows_in"),

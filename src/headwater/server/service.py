@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +52,8 @@ class ServerOptions:
         default_factory=lambda: float(os.environ.get("HEADWATER_SHUTDOWN_GRACE", "30")))
     triggers: bool = True
     api: bool = True
+    on_ready: Callable[[], None] | None = None
+    """Called once the port is bound, before any run is claimed (``serve`` announces)."""
 
 
 class Server:
@@ -85,6 +88,10 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        # bind the port first: a server that cannot serve must not claim or resume a run
+        api = await self._start_api() if self.options.api else None
+        if self.options.on_ready is not None:
+            self.options.on_ready()
         resumed = await asyncio.to_thread(self._recover)
         if resumed:
             log.warning("queued %d interrupted run(s) again: %s", len(resumed),
@@ -97,9 +104,6 @@ class Server:
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatcher"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(run_waiter(self), name="waiter"))
-        api = None
-        if self.options.api:
-            api = await self._start_api()
         log.info("serving %s as %s (%d triggers)", self.runtime.root, self.worker,
                  len(self.triggers))
         await self.stopping.wait()
@@ -123,6 +127,7 @@ class Server:
         if self.running:
             left = list(self.running)
             await asyncio.to_thread(self._requeue_own, left)
+            _kill_commands()  # a resumed run must not start a second one beside it
             log.warning("queued %d unfinished run(s) again for the next start", len(left))
         if api is not None:
             api.should_exit = True
@@ -158,8 +163,9 @@ class Server:
                 "headwater.yaml, or serve on 127.0.0.1")
         config = uvicorn.Config(create_app(self), host=host, port=self.options.port,
                                 log_level="warning", lifespan="off", access_log=False)
+        sock = _bind(host, self.options.port)
         api = uvicorn.Server(config)
-        api.task = asyncio.create_task(api._serve())  # type: ignore[attr-defined]
+        api.task = asyncio.create_task(api._serve(sockets=[sock]))  # type: ignore[attr-defined]
         while not api.started:
             if api.task.done():  # type: ignore[attr-defined]
                 api.task.result()  # type: ignore[attr-defined]
@@ -342,9 +348,41 @@ def _incremental(runtime: ProjectRuntime, pipeline: str) -> bool:
     return False
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound now so a busy port fails before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise HeadwaterError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another "
+            f"'headwater serve' running? pick another port with --port)") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _report_pipeline_problems(runtime: ProjectRuntime) -> None:
+    """Pipeline files that do not load are named before serving starts (the others run)."""
+    _loaded, problems = runtime.load_pipelines()
+    for problem in problems:
+        log.error("not serving a pipeline: %s", problem.message)
+
+
+def _kill_commands() -> None:
+    from headwater.steps.command import kill_running
+
+    killed = kill_running()
+    if killed:
+        log.warning("killed %d command process group(s) of unfinished runs", killed)
+
+
 def serve(project: str | Path | None, options: ServerOptions) -> None:
     """Run a server until SIGTERM/SIGINT (the ``serve`` command)."""
     runtime = ProjectRuntime.load(project)
+    _report_pipeline_problems(runtime)
     server = Server(runtime, options)
     asyncio.run(server.serve())
     if server.running:

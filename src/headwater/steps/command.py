@@ -11,11 +11,16 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 from collections import deque
 
 from headwater.config.models import CommandStep
 from headwater.exceptions import StepError
 from headwater.steps.base import StepContext, StepOutput, register
+
+_LIVE: dict[int, subprocess.Popen[str]] = {}
+"""pid → command children running now (each leads its own process group)."""
+_LIVE_LOCK = threading.Lock()
 
 
 @register("command")
@@ -33,13 +38,19 @@ def run_command(ctx: StepContext, step: CommandStep) -> StepOutput:
         on_interrupt = getattr(ctx, "on_interrupt", None)
         if on_interrupt is not None:
             on_interrupt(lambda: _kill(proc))
-        tail: deque[str] = deque(maxlen=20)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            ctx.log(line, stream="output")
-        code = proc.wait()
+        with _LIVE_LOCK:
+            _LIVE[proc.pid] = proc
+        try:
+            tail: deque[str] = deque(maxlen=20)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                ctx.log(line, stream="output")
+            code = proc.wait()
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.pop(proc.pid, None)
     if code != 0:
         last = " | ".join(list(tail)[-3:])
         raise StepError(f"command exited with code {code}" + (f": {last}" if last else ""))
@@ -50,3 +61,17 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def kill_running() -> int:
+    """Kill the process group of every command this process is running; how many.
+
+    A server that gives up on its runs at shutdown (and queues them again) calls this
+    first: otherwise the child, a training say, keeps running and the resumed run starts
+    a second one beside it.
+    """
+    with _LIVE_LOCK:
+        procs = list(_LIVE.values())
+    for proc in procs:
+        _kill(proc)
+    return len(procs)

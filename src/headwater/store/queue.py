@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from headwater.store import schema as t
+from headwater.store.liveness import this_process
 from headwater.store.store import Store, new_run_id, utcnow
 
 
@@ -90,8 +91,20 @@ def claim(store: Store, worker: str, *, exclude_pipelines: Sequence[str] = ()) -
             return None
         result = conn.execute(update(t.runs).where(and_(
             t.runs.c.id == run_id, t.runs.c.status == "queued")).values(
-            status="running", worker=worker, started_at=now, heartbeat_at=now))
+            status="running", worker=worker, started_at=now, heartbeat_at=now,
+            **this_process()))
         return str(run_id) if result.rowcount == 1 else None
+
+
+def claim_run(store: Store, run_id: str, worker: str) -> bool:
+    """Take one given queued run for ``worker``; False if someone (a server) took it first."""
+    now = utcnow()
+    with store.tx() as conn:
+        result = conn.execute(update(t.runs).where(and_(
+            t.runs.c.id == run_id, t.runs.c.status == "queued")).values(
+            status="running", worker=worker, started_at=now, heartbeat_at=now,
+            **this_process()))
+        return result.rowcount == 1
 
 
 def running_counts(store: Store) -> dict[str, int]:
@@ -121,48 +134,70 @@ def requeue_orphans(store: Store, lease_seconds: float, *,
     """Queue again every running run whose heartbeat expired (its server died).
 
     With ``worker`` given, that worker's own running runs are requeued regardless of age
-    (the server restarted under the same name). The run resumes: steps that succeeded are
-    reused, and its publish is idempotent per run, so nothing is written twice.
+    (the server restarted under the same name). Runs of this host whose process is gone
+    are ended at once (:func:`headwater.store.liveness.reap_dead`). The run resumes: steps
+    that succeeded are reused (except those that read sources, which re-read against the
+    state committed since), and its publish is idempotent per run.
     """
+    from headwater.store.liveness import reap_dead
+
+    reaped = reap_dead(store)
     cutoff = utcnow() - timedelta(seconds=lease_seconds)
     cond = and_(t.runs.c.status == "running", t.runs.c.heartbeat_at < cutoff)
     if worker is not None:
         cond = cond | and_(t.runs.c.status == "running", t.runs.c.worker == worker)
+    with store.engine.connect() as conn:
+        ids = [str(r[0]) for r in conn.execute(select(t.runs.c.id).where(cond)).all()]
+    requeue_runs(store, ids)
+    return [*reaped, *ids]
+
+
+def requeue_runs(store: Store, run_ids: Sequence[str], *, only_pid: int | None = None) -> None:
+    """Queue running runs again to resume them; ``only_pid``: if that process still owns it."""
     with store.tx() as conn:
-        rows = conn.execute(select(t.runs.c.id).where(cond)).all()
-        ids = [str(r[0]) for r in rows]
-        for run_id in ids:
+        for run_id in run_ids:
             steps = conn.execute(select(t.step_runs.c.step_id).where(and_(
                 t.step_runs.c.run_id == run_id,
                 t.step_runs.c.status.in_(["succeeded", "reused"])))).all()
-            conn.execute(update(t.runs).where(and_(t.runs.c.id == run_id,
-                                                   t.runs.c.status == "running")).values(
-                status="queued", worker=None, parent_run_id=run_id,
+            owned = and_(t.runs.c.id == run_id, t.runs.c.status == "running")
+            if only_pid is not None:
+                owned = and_(owned, t.runs.c.pid == only_pid)
+            result = conn.execute(update(t.runs).where(owned).values(
+                status="queued", worker=None, host=None, pid=None, parent_run_id=run_id,
                 reuse_steps=sorted({str(s[0]) for s in steps}),
                 error="resumed after its server stopped"))
+            if result.rowcount != 1:
+                continue
             conn.execute(update(t.step_runs).where(and_(
                 t.step_runs.c.run_id == run_id, t.step_runs.c.status == "running")).values(
                 status="failed", error="interrupted: its server stopped",
                 finished_at=utcnow()))
-    return ids
+            conn.execute(delete(t.run_locks).where(t.run_locks.c.run_id == run_id))
 
 
-def fail_unfinished(store: Store, run_id: str, message: str) -> None:
+def fail_unfinished(store: Store, run_id: str, message: str, *,
+                    only_pid: int | None = None) -> None:
     """Fail a run its engine left unfinished (and its running steps), naming the step.
 
-    A run that already reached a final state is left as it is.
+    A run that already reached a final state is left as it is; with ``only_pid``, so is
+    a run another process has taken over since. Its run locks are released.
     """
     now = utcnow()
     running_steps = and_(t.step_runs.c.run_id == run_id, t.step_runs.c.status == "running")
+    unfinished = and_(t.runs.c.id == run_id, t.runs.c.status.in_(["queued", "running"]))
+    if only_pid is not None:
+        unfinished = and_(unfinished, t.runs.c.pid == only_pid)
     with store.tx() as conn:
         step = conn.execute(select(t.step_runs.c.step_id).where(running_steps)
                             .order_by(t.step_runs.c.id).limit(1)).scalar()
-        conn.execute(update(t.step_runs).where(running_steps).values(
-            status="failed", error=message, finished_at=now))
-        conn.execute(update(t.runs).where(and_(
-            t.runs.c.id == run_id, t.runs.c.status.in_(["queued", "running"]))).values(
+        result = conn.execute(update(t.runs).where(unfinished).values(
             status="failed", finished_at=now, failed_step=step,
             error=f"step {step!r} failed: {message}" if step else message))
+        if result.rowcount != 1:
+            return
+        conn.execute(update(t.step_runs).where(running_steps).values(
+            status="failed", error=message, finished_at=now))
+        conn.execute(delete(t.run_locks).where(t.run_locks.c.run_id == run_id))
 
 
 # --------------------------------------------------------------------------- triggers

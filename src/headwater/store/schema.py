@@ -60,6 +60,10 @@ runs = Table(
     Column("worker", String(200), nullable=True),
     Column("heartbeat_at", DateTime(timezone=True), nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
+    # the process executing the run: a dead local process is detected at once, not after
+    # a lease (store.liveness)
+    Column("host", String(200), nullable=True),
+    Column("pid", Integer, nullable=True),
     Index("ix_runs_pipeline_seq", "pipeline", "seq"),
     Index("ix_runs_status", "status"),
     Index("ix_runs_status_seq", "status", "seq"),  # claims: oldest queued run first
@@ -192,4 +196,13 @@ waits = Table(
     Column("last_status", Text, nullable=True),
     Index("ix_waits_status_due", "status", "due_at"),
     Index("ix_waits_run", "run_id"),
+)
+
+run_locks = Table(
+    "run_locks",
+    metadata,
+    # one row per held lock ("pipeline:NAME"); its holder's liveness is its run row
+    Column("name", String(300), primary_key=True),
+    Column("run_id", String(40), nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,7 +25,6 @@ from sqlalchemy import (
     Engine,
     and_,
     create_engine,
-    delete,
     event,
     func,
     insert,
@@ -32,12 +32,15 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from headwater.exceptions import NotFoundError, StoreError
 from headwater.store import schema as t
 
 ACTIVE = ("queued", "running")
+_HOST = socket.gethostname()  # runs.host: see headwater.store.liveness
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -174,6 +177,8 @@ class Store:
             # a run executed right here is born running and alive, so no server claims it
             "heartbeat_at": now if status == "running" else None,
             "worker": f"local:{os.getpid()}" if status == "running" else None,
+            "host": _HOST if status == "running" else None,
+            "pid": os.getpid() if status == "running" else None,
             "cancel_requested": False,
         }
         for _ in range(20):
@@ -210,12 +215,17 @@ class Store:
 
     def start_run(self, run_id: str, worker: str | None = None) -> None:
         now = utcnow()
-        self.update_run(run_id, status="running", started_at=now, heartbeat_at=now, worker=worker)
+        self.update_run(run_id, status="running", started_at=now, heartbeat_at=now, worker=worker,
+                        host=_HOST, pid=os.getpid())
 
     def finish_run(self, run_id: str, status: str, error: str | None = None,
                    failed_step: str | None = None) -> None:
-        self.update_run(run_id, status=status, finished_at=utcnow(), error=error,
-                        failed_step=failed_step)
+        """End a running run. A run queued again meanwhile (its server gave up on it at
+        shutdown) or already ended is left alone: its engine no longer owns it."""
+        with self.tx() as conn:
+            conn.execute(update(t.runs).where(and_(
+                t.runs.c.id == run_id, t.runs.c.status == "running")).values(
+                status=status, finished_at=utcnow(), error=error, failed_step=failed_step))
 
     def request_cancel(self, run_id: str) -> str:
         """Mark a run for cancellation; a queued run is cancelled at once."""
@@ -451,15 +461,16 @@ class Store:
     def _put_state(self, conn: Connection, pipeline: str,
                    state: Mapping[tuple[str, str], Mapping[str, Any]],
                    run_id: str | None) -> None:
+        """Upsert each key: a concurrent writer of the same key (a repair recording the same
+        commit) must not fail a run whose data is already published."""
         now = utcnow()
+        dialect: Any = sqlite_dialect if self.is_sqlite else postgresql_dialect
         for (step_id, key), value in state.items():
-            conn.execute(delete(t.incremental_state).where(and_(
-                t.incremental_state.c.pipeline == pipeline,
-                t.incremental_state.c.step_id == step_id,
-                t.incremental_state.c.key == key)))
-            conn.execute(insert(t.incremental_state).values(
-                pipeline=pipeline, step_id=step_id, key=key, value=dict(value),
-                run_id=run_id, updated_at=now))
+            values = {"value": dict(value), "run_id": run_id, "updated_at": now}
+            stmt = dialect.insert(t.incremental_state).values(
+                pipeline=pipeline, step_id=step_id, key=key, **values)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=["pipeline", "step_id", "key"], set_=values))
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -148,7 +148,8 @@ def continue_after_wait(store: Store, run_id: str, step_id: str,
 
     The run resumes from itself with every finished step reused, sources included (their
     rows were read before the wait; reading again would read other rows). It is marked
-    ``trigger_info.resume = "wait"`` so crash-recovery rules do not apply to it.
+    ``trigger_info.resume = "wait"`` so crash-recovery rules do not apply to it; it kept
+    its pipeline's run lock while parked, so no other run read that state meanwhile.
     """
     now = utcnow()
     with store.tx() as conn:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0003f'
-down_revision = '0002'
+down_revision = '0003a'
 branch_labels = None
 depends_on = None
 
