@@ -597,9 +597,9 @@ def test_latin1_bytes_read_as_utf8(tmp_path: Path, con: duckdb.DuckDBPyConnectio
 def test_malformed_ndjson_names_file_and_line(
     tmp_path: Path, con: duckdb.DuckDBPyConnection
 ) -> None:
-    """A broken NDJSON record fails naming its file and line."""
+    """A broken NDJSON record fails naming its file and its own line (not the next)."""
     write(tmp_path / "a.ndjson", '{"id": 1}\n{"id": 2\n{"id": 3}\n')
-    assert fail_message(con, tmp_path, "a.ndjson").startswith("a.ndjson line 3: ")
+    assert fail_message(con, tmp_path, "a.ndjson").startswith("a.ndjson line 2: ")
 
 
 def test_json_value_not_matching_hint(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:

@@ -12,21 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from headwater.connectors.fsspec_util import is_remote
-from headwater.connectors.listing import FileInfo
+from headwater.connectors.json_lines import first_bad_line
+from headwater.connectors.listing import FileInfo, display
+from headwater.connectors.newlines import listed_path
 from headwater.exceptions import TerminalSourceError
 
-__all__ = ["display", "translate_error"]
-
-
-def display(path: str, root: Path | None = None) -> str:
-    """``path`` as a user wrote it: relative to the project when it lies inside it."""
-    if root is None or is_remote(path):
-        return path
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return path
+__all__ = ["translate_error"]
 
 
 _CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
@@ -65,16 +59,17 @@ def _explain(
     line = _CSV_LINE.search(body)
     if line:
         file_match = _CSV_FILE.search(body)
-        path = file_match.group(1).strip() if file_match else _first(files)
+        path = listed_path(file_match.group(1).strip(), files) if file_match else _first(files)
         cause = _cause(body.splitlines()[2:] if body.count("\n") >= 2 else [body])
         return (f"{display(path, root)} line {line.group(1)}: {cause}",
                 {"file": path, "line": int(line.group(1))})
     json_at = _JSON_AT.search(body)
     if json_at:
         path, number, cause = json_at.groups()
+        path = listed_path(path, files)
         cause = cause.splitlines()[0].strip().rstrip(".")
-        return (f"{display(path, root)} line {number}: {cause}",
-                {"file": path, "line": int(number)})
+        fix = _json_line(path, int(number))
+        return (f"{display(path, root)} line {fix}: {cause}", {"file": path, "line": fix})
     if body.startswith("headwater: "):
         first = body.removeprefix("headwater: ").splitlines()[0]
         path, _, rest = first.partition(": ")
@@ -95,7 +90,7 @@ def _cause(lines: Sequence[str]) -> str:
 def _explain_other(body: str, files: Sequence[FileInfo], root: Path | None) -> str:
     first = body.splitlines()[0].strip() if body.strip() else "unknown error"
     quoted = re.search(r"""['"]([^'"]+)['"]""", first)
-    path = display(quoted.group(1), root) if quoted else _first(files)
+    path = display(listed_path(quoted.group(1), files), root) if quoted else _first(files)
     if "Parquet" in first or "magic bytes" in first.lower():
         return f"{path}: not a valid Parquet file ({first})"
     if "Error when sniffing file" in first:
@@ -112,3 +107,20 @@ def _explain_other(body: str, files: Sequence[FileInfo], root: Path | None) -> s
 
 def _first(files: Sequence[FileInfo]) -> str:
     return files[0].path if files else "?"
+
+
+def _json_line(path: str, reported: int) -> int:
+    """The line to fix: DuckDB names the line *after* an unclosed JSON object.
+
+    Local files are re-read up to that line (error path only); remote ones keep DuckDB's
+    number, as reading them needs the source's credentials.
+    """
+    if is_remote(path):
+        return reported
+    con = duckdb.connect()
+    try:
+        return first_bad_line(con, path, reported) or reported
+    except duckdb.Error:
+        return reported
+    finally:
+        con.close()

@@ -16,9 +16,11 @@ from a file become NULL. This module must never write outside ``out_path``.
 
 from __future__ import annotations
 
+import json
+import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -26,7 +28,7 @@ import duckdb
 
 from headwater.config.models import FilesSource
 from headwater.connectors.csv_sniff import csv_encoding, csv_groups
-from headwater.connectors.errors import display, translate_error
+from headwater.connectors.errors import translate_error
 from headwater.connectors.formats import (
     FILE_COLUMN,
     Format,
@@ -43,7 +45,9 @@ from headwater.connectors.formats import (
     union_by_name,
 )
 from headwater.connectors.fsspec_util import is_remote, register_filesystem, url_protocol
-from headwater.connectors.listing import FileInfo, list_files
+from headwater.connectors.json_lines import drop_bad_lines
+from headwater.connectors.listing import FileInfo, display, list_files
+from headwater.connectors.newlines import normalize_newlines
 from headwater.connectors.rejects import Bad, csv_rejects, drop_file, rejected_table
 from headwater.exceptions import TerminalSourceError
 from headwater.sqltext import ident as sql_ident
@@ -81,6 +85,11 @@ class _Plan:
     groups: tuple[Group, ...]
     empty: tuple[str, ...]
     hints: tuple[tuple[str, str], ...]
+    originals: tuple[tuple[str, str], ...] = ()
+    """A cleaned copy's path → the listed file it stands for (``json_lines``)."""
+
+    def original(self, path: str) -> str:
+        return dict(self.originals).get(path, path)
 
     def columns(self) -> list[str]:
         names: dict[str, None] = {}
@@ -187,16 +196,20 @@ def _peek_query(
 
 def _plan(
     con: duckdb.DuckDBPyConnection, files: Sequence[FileInfo], spec: FilesSource,
-    *, json_hints: bool, root: Path | None,
+    *, json_hints: bool, root: Path | None, workdir: Path | None = None, name: str = "scan",
 ) -> _Plan:
     """Decide how to read ``files``: drop empty ones, sniff, and group alike files.
 
     Hints become CSV column types always (DuckDB then reports a bad value with its line).
     For JSON they do only when ``json_hints``; otherwise the caller casts them itself, row by
-    row, so a bad value rejects its row instead of failing the scan.
+    row, so a bad value rejects its row instead of failing the scan. With a ``workdir``,
+    CSV files mixing ``\\n`` and ``\\r\\n`` are read from normalized copies written there.
     """
     fmt = format_of(files, spec.format)
     hints = hints_of(spec)
+    originals: dict[str, str] = {}
+    if fmt == "csv" and workdir is not None:
+        files, originals = normalize_newlines(files, workdir, name)
     kinds = _contents(con, files, spec)
     kept = [f for f in files if kinds[f.path] == "rows"]
     empty = [f.path for f in files if kinds[f.path] != "rows"]
@@ -209,7 +222,8 @@ def _plan(
         groups = _parquet_groups(con, kept)
     else:
         groups = _json_groups(con, kept, fmt, hints if json_hints else {})
-    plan = _Plan(fmt, tuple(groups), tuple(empty), tuple(hints.items()))
+    plan = _Plan(fmt, tuple(groups), tuple(empty), tuple(hints.items()),
+                 tuple(originals.items()))
     _check_hints(plan, files, root)
     return plan
 
@@ -269,8 +283,14 @@ def _select(plan: _Plan, *, with_file: bool) -> str:
         return _empty_select(plan, with_file=with_file)
     function = _FUNCTIONS[plan.fmt]
     extra = (("filename", sql_string(FILE_COLUMN)),) if with_file else ()
-    return union_by_name([f"SELECT * FROM {table_call(function, g.paths, (*g.options, *extra))}"
-                   for g in plan.groups])
+    union = union_by_name([f"SELECT * FROM {table_call(function, g.paths, (*g.options, *extra))}"
+                           for g in plan.groups])
+    if not (with_file and plan.originals):
+        return union
+    cases = " ".join(f"WHEN {sql_string(copy)} THEN {sql_string(original)}"
+                     for copy, original in plan.originals)
+    column = sql_ident(FILE_COLUMN)
+    return f"SELECT * REPLACE (CASE {column} {cases} ELSE {column} END AS {column}) FROM ({union})"
 
 
 def _empty_select(plan: _Plan, *, with_file: bool) -> str:
@@ -282,7 +302,8 @@ def _empty_select(plan: _Plan, *, with_file: bool) -> str:
 
 def scan_sql(
     files: Sequence[FileInfo], spec: FilesSource, *, root: Path,
-    con: duckdb.DuckDBPyConnection | None = None,
+    con: duckdb.DuckDBPyConnection | None = None, workdir: Path | None = None,
+    name: str = "scan",
 ) -> str:
     """DuckDB SQL yielding every row of ``files`` lazily, for ``bad_rows: fail``.
 
@@ -290,11 +311,14 @@ def scan_sql(
     the filesystem of remote files registered (:func:`register_filesystem`); a private
     connection serves local files. Type hints become column types, so a value that does not
     convert fails naming its file and line. Empty files are left out; if every file is
-    empty the SQL yields no rows, with the hinted columns (or only ``_file``).
+    empty the SQL yields no rows, with the hinted columns (or only ``_file``). Copies of
+    CSV files mixing newlines are written under ``workdir`` (which must outlive the SQL).
     """
     connection = con if con is not None else _private_con(files)
     try:
-        return _final_select(_plan(connection, files, spec, json_hints=True, root=root), spec)
+        plan = _plan(connection, files, spec, json_hints=True, root=root, workdir=workdir,
+                     name=name)
+        return _final_select(plan, spec)
     except duckdb.Error as exc:
         raise translate_error(exc, files, "", root=root) from None
     finally:
@@ -349,18 +373,106 @@ def materialize(
     """
     try:
         if spec.bad_rows == "fail":
-            plan = _plan(con, files, spec, json_hints=True, root=root)
-            rows = _copy(con, _final_select(plan, spec), out_path)
-            return ScanResult(rows, None, 0, list(plan.empty))
-        plan = _plan(con, files, spec, json_hints=False, root=root)
+            return _materialize_strict(con, files, spec, out_path, root)
+        return _materialize_lenient(con, files, spec, out_path, run_id=run_id,
+                                    step_id=step_id, root=root)
+    except duckdb.Error as exc:
+        raise translate_error(exc, files, step_id, root=root) from None
+
+
+def _materialize_strict(
+    con: duckdb.DuckDBPyConnection, files: Sequence[FileInfo], spec: FilesSource,
+    out_path: Path, root: Path | None,
+) -> ScanResult:
+    try:
+        plan = _plan(con, files, spec, json_hints=True, root=root, workdir=out_path.parent,
+                     name=out_path.stem)
+        rows = _copy(con, _final_select(plan, spec), out_path)
+    finally:
+        shutil.rmtree(_normalized(out_path), ignore_errors=True)
+    return ScanResult(rows, None, 0, [plan.original(p) for p in plan.empty])
+
+
+def _normalized(out_path: Path) -> Path:
+    return out_path.with_name(out_path.stem + ".normalized")
+
+
+def _materialize_lenient(
+    con: duckdb.DuckDBPyConnection, files: Sequence[FileInfo], spec: FilesSource,
+    out_path: Path, *, run_id: str, step_id: str, root: Path | None,
+) -> ScanResult:
+    """``skip``/``quarantine``: bad lines are rejected, and so is a file that cannot be read
+    at all (a corrupt Parquet file, a broken JSON document), whole, with its reason; the
+    other files still land. Only when every file fails is it the source's error."""
+    try:
+        scanned = _scan_lenient(con, files, spec, out_path, root)
+    except (duckdb.Error, TerminalSourceError):
+        unreadable = _unreadable(con, files, spec, out_path, step_id, root)
+        if not unreadable or len(unreadable) == len(files):
+            raise
+        readable = [f for f in files if f.path not in unreadable]
+        scanned = _scan_lenient(con, readable, spec, out_path, root)
+        scanned = replace(scanned, bad=[*unreadable.values(), *scanned.bad])
+    table = rejected_table(scanned.bad, run_id, step_id) if scanned.bad else None
+    return ScanResult(scanned.rows, table, len(scanned.bad), scanned.empty)
+
+
+@dataclass(frozen=True)
+class _Scanned:
+    rows: int
+    bad: list[Bad]
+    empty: list[str]
+
+
+def _scan_lenient(
+    con: duckdb.DuckDBPyConnection, files: Sequence[FileInfo], spec: FilesSource,
+    out_path: Path, root: Path | None,
+) -> _Scanned:
+    fmt = format_of(files, spec.format)
+    cleaned = out_path.with_name(out_path.stem + ".cleaned")
+    lines = None
+    try:
+        if fmt in ("json", "ndjson"):
+            lines = drop_bad_lines(con, files, cleaned, ndjson=fmt == "ndjson", root=root)
+            files = lines.files
+        plan = _plan(con, files, spec, json_hints=False, root=root, workdir=out_path.parent,
+                     name=out_path.stem)
+        if lines is not None:
+            plan = replace(plan, originals=tuple(lines.originals.items()))
         if plan.fmt == "csv":
             rows, bad = _materialize_csv(con, plan, spec, out_path, root)
         else:
             rows, bad = _materialize_cast(con, plan, spec, out_path, root)
-    except duckdb.Error as exc:
-        raise translate_error(exc, files, step_id, root=root) from None
-    table = rejected_table(bad, run_id, step_id) if bad else None
-    return ScanResult(rows, table, len(bad), list(plan.empty))
+    finally:
+        shutil.rmtree(cleaned, ignore_errors=True)
+        shutil.rmtree(_normalized(out_path), ignore_errors=True)
+    line_bad = lines.rejected if lines is not None else []
+    return _Scanned(rows, [*line_bad, *bad], [plan.original(p) for p in plan.empty])
+
+
+def _unreadable(
+    con: duckdb.DuckDBPyConnection, files: Sequence[FileInfo], spec: FilesSource,
+    out_path: Path, step_id: str, root: Path | None,
+) -> dict[str, Bad]:
+    """Each file that fails on its own, as one rejected record naming it and the cause.
+
+    Runs only after a scan of all the files failed, so its cost (each file read again,
+    alone) is paid on bad input only.
+    """
+    found: dict[str, Bad] = {}
+    probe = out_path.with_name(out_path.stem + ".probe.parquet")
+    for info in files:
+        try:
+            _scan_lenient(con, [info], spec, probe, root)
+        except (duckdb.Error, TerminalSourceError) as exc:
+            error = exc if isinstance(exc, TerminalSourceError) else \
+                translate_error(exc, [info], step_id, root=root)
+            where = display(info.path, root)
+            found[info.path] = Bad(where, f"file rejected whole: {error.message}",
+                                   json.dumps({"_file": where}, ensure_ascii=False))
+        finally:
+            probe.unlink(missing_ok=True)
+    return found
 
 
 def _final_select(plan: _Plan, spec: FilesSource) -> str:
@@ -384,12 +496,12 @@ def _materialize_csv(
     errors, scans = f"hw_rejects_{token}", f"hw_reject_scans_{token}"
     rejects = (("store_rejects", "true"), ("rejects_table", sql_string(errors)),
                ("rejects_scan", sql_string(scans)), ("rejects_limit", "0"))
-    with_rejects = _Plan(plan.fmt, tuple(
-        Group(g.paths, (*g.options, *rejects), g.columns) for g in plan.groups),
-        plan.empty, plan.hints)
+    with_rejects = replace(plan, groups=tuple(
+        Group(g.paths, (*g.options, *rejects), g.columns) for g in plan.groups))
     try:
         rows = _copy(con, _select(with_rejects, with_file=spec.filename_column), out_path)
-        bad = csv_rejects(con, errors, scans, plan.groups, root) if plan.groups else []
+        bad = csv_rejects(con, errors, scans, plan.groups, root,
+                                  dict(plan.originals)) if plan.groups else []
     finally:
         con.execute(f"DROP TABLE IF EXISTS {sql_ident(errors)}")
         con.execute(f"DROP TABLE IF EXISTS {sql_ident(scans)}")
@@ -422,7 +534,7 @@ def _materialize_cast(
     bad_rows = con.execute(
         f"SELECT {FILE_COLUMN}, rtrim({reasons}, '; '), CAST(to_json(src) AS VARCHAR) "
         f"FROM ({source}) AS src WHERE {failed}").fetchall()
-    return rows, [Bad(display(str(path), root), str(reason), drop_file(str(row)))
+    return rows, [Bad(display(plan.original(str(path)), root), str(reason), drop_file(str(row)))
                   for path, reason, row in bad_rows]
 
 

@@ -19,12 +19,13 @@ from headwater.connectors.fsspec_util import (
     etag_of,
     file_url_to_path,
     has_glob,
+    is_remote,
     open_filesystem,
     source_error,
 )
 from headwater.exceptions import HeadwaterError, TerminalSourceError
 
-__all__ = ["FileInfo", "basename", "list_files"]
+__all__ = ["FileInfo", "basename", "display", "list_files"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +119,12 @@ def _list_remote(url: str, storage_options: Mapping[str, Any] | None) -> list[Fi
 def basename(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1]
 
+
+def display(path: str, root: Path | None = None) -> str:
+    """``path`` as a user wrote it: relative to the project when it lies inside it."""
+    if root is None or is_remote(path):
+        return path
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return path

@@ -10,15 +10,15 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
 
-from headwater.connectors.errors import display
 from headwater.connectors.formats import FILE_COLUMN, Group, path_key
+from headwater.connectors.listing import display
 from headwater.sqltext import ident as sql_ident
 from headwater.steps.base import REJECTED_COLUMNS
 
@@ -39,7 +39,7 @@ class Bad:
 
 def csv_rejects(
     con: duckdb.DuckDBPyConnection, errors: str, scans: str, groups: Sequence[Group],
-    root: Path | None,
+    root: Path | None, originals: Mapping[str, str] | None = None,
 ) -> list[Bad]:
     """The rows DuckDB's CSV reader put in its rejects tables, one :class:`Bad` per line
     (several failed columns of one line are joined into one reason)."""
@@ -55,7 +55,7 @@ def csv_rejects(
         reasons, _ = merged.setdefault((name, int(line)), ([], str(raw or "")))
         reasons.append(_reject_reason(str(kind), column, str(message)))
     return [
-        Bad(f"{display(path, root)}:{line}", "; ".join(reasons),
+        Bad(f"{display((originals or {}).get(path, path), root)}:{line}", "; ".join(reasons),
             _raw_row(raw, columns.get(path)))
         for (path, line), (reasons, raw) in merged.items()
     ]

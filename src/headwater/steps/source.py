@@ -58,12 +58,14 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
     if source.incremental:
         ctx.log(f"{len(new)} new of {len(matched)} matching files", files=len(new))
     if not new:
-        scan = fileconn.scan_sql(matched, source, root=root, con=con)
+        scan = fileconn.scan_sql(matched, source, root=root, con=con, workdir=ctx.workdir,
+                                 name=ctx.step_id)
         relation = f"SELECT * FROM ({scan}) LIMIT 0"
         _bind(con, relation, matched, ctx.step_id, root)
         return StepOutput(relation=relation, rows=0, sources=[fingerprint], state=state)
     if source.bad_rows == "fail":
-        relation = fileconn.scan_sql(new, source, root=root, con=con)
+        relation = fileconn.scan_sql(new, source, root=root, con=con, workdir=ctx.workdir,
+                                     name=ctx.step_id)
         _bind(con, relation, new, ctx.step_id, root)
         return StepOutput(relation=relation, sources=[fingerprint], state=state,
                           info={"files": len(new), "lazy": True})
