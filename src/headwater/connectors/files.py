@@ -44,7 +44,12 @@ from headwater.connectors.formats import (
     table_call,
     union_by_name,
 )
-from headwater.connectors.fsspec_util import is_remote, register_filesystem, url_protocol
+from headwater.connectors.fsspec_util import (
+    has_glob,
+    is_remote,
+    register_filesystem,
+    url_protocol,
+)
 from headwater.connectors.json_lines import drop_bad_lines
 from headwater.connectors.listing import FileInfo, display, list_files
 from headwater.connectors.newlines import normalize_newlines
@@ -64,6 +69,7 @@ __all__ = [
     "compression_of",
     "detect_format",
     "duckdb_type",
+    "has_glob",
     "list_files",
     "materialize",
     "register_filesystem",

@@ -43,19 +43,22 @@ class FileInfo:
 
 
 def list_files(
-    path: str, *, root: Path, storage_options: Mapping[str, Any] | None = None
+    path: str, *, root: Path, storage_options: Mapping[str, Any] | None = None,
+    allow_empty: bool = False,
 ) -> list[FileInfo]:
     """Every file ``path`` names, sorted by path.
 
     ``path`` is a folder (its visible files, not recursive), a glob (``**`` recurses), a
     file, or an fsspec URL of any of these. Names starting with ``.`` or ``_`` (hidden
-    files, ``_SUCCESS`` markers) are left out unless named exactly.
+    files, ``_SUCCESS`` markers) are left out unless named exactly. Matching nothing is an
+    error unless ``allow_empty`` (a landing folder waiting for its first file); a path that
+    does not exist at all always is.
     """
     if classify_path(path) == "url":
         found = _list_remote(path, storage_options)
     else:
         found = _list_local(path, root)
-    if not found:
+    if not found and not allow_empty:
         reason = "matched no files" if has_glob(path) else "holds no files"
         raise TerminalSourceError(f"{path} {reason}", path=path)
     return sorted(found, key=lambda info: info.path)

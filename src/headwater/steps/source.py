@@ -48,7 +48,9 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
     root = ctx.project.root
     options = storage_options(ctx, source.connection)
     path = ctx.render(source.path)
-    matched = fileconn.list_files(path, root=root, storage_options=options)
+    matched = fileconn.list_files(path, root=root, storage_options=options, allow_empty=True)
+    if not matched:
+        return _no_files(ctx, source, path)
     con = ctx.cursor()
     fileconn.register_filesystem(con, matched[0].path if matched else path, options)
     new = _unseen(ctx, matched) if source.incremental else matched
@@ -70,6 +72,16 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
         return StepOutput(relation=relation, sources=[fingerprint], state=state,
                           info={"files": len(new), "lazy": True})
     return _scan_with_rejects(ctx, source, new, fingerprint, state)
+
+
+def _no_files(ctx: StepContext, source: FilesSource, path: str) -> StepOutput:
+    """Nothing has landed yet: no rows (with the hinted columns), so nothing is published."""
+    reason = "matched no files" if fileconn.has_glob(path) else "holds no files"
+    ctx.log(f"{path} {reason}: nothing to read, so nothing is published", level="warning",
+            files=0)
+    relation = fileconn.scan_sql([], source, root=ctx.project.root, con=ctx.cursor())
+    fingerprint = {"step": ctx.step_id, "type": "files", "path": source.path, "files": []}
+    return StepOutput(relation=relation, rows=0, sources=[fingerprint], info={"files": 0})
 
 
 def _scan_with_rejects(ctx: StepContext, source: FilesSource, files: list[Any],
