@@ -152,3 +152,58 @@ def test_only_empty_column_file_after_a_typed_one(make_project: ProjectFactory) 
         run = project.run("orders")
         assert "succeeded" == run.status, run.error
         assert [1, 2] == sorted(project.dataset("orders").to_arrow()["id"].to_pylist())
+
+
+def _rules_only_pipeline(hints: str = "") -> str:
+    return f"""
+    name: orders
+    steps:
+      - id: raw
+        source: {{type: files, path: landing/*.csv, incremental: true{hints}}}
+      - id: checked
+        validate:
+          input: raw
+          columns:
+            id: {{type: int64, nullable: false}}
+          rules: ["shipped_at IS NULL OR shipped_at >= ordered_at"]
+          on_error: quarantine
+      - id: publish
+        publish: {{input: checked, dataset: orders}}
+    """
+
+
+def test_rule_over_a_column_empty_in_every_row(make_project: ProjectFactory) -> None:
+    """A rule comparing ``shipped_at`` (empty in every row of the new file, so the file
+    alone says VARCHAR) with a timestamp binds and passes; the dataset keeps its type."""
+    root = make_project({"orders": _rules_only_pipeline()})
+    write(root / "landing/a.csv",
+          "id,ordered_at,shipped_at\n1,2026-01-01 10:00:00,2026-01-02 09:00:00\n")
+    with hw.Project(root) as project:
+        assert "succeeded" == project.run("orders").status
+        write(root / "landing/b.csv", "id,ordered_at,shipped_at\n2,2026-01-03 10:00:00,\n"
+              "3,2026-01-04 10:00:00,\n")
+        run = project.run("orders")
+        assert "succeeded" == run.status, run.error
+        table = project.dataset("orders").to_arrow()
+    assert [1, 2, 3] == sorted(table["id"].to_pylist())
+    assert [None, None] == [r["shipped_at"] for r in table.to_pylist() if r["id"] > 1]
+    assert "timestamp[us]" == str(table.schema.field("shipped_at").type)
+
+
+def test_empty_column_file_beside_a_typed_one_in_one_run(make_project: ProjectFactory) -> None:
+    """Two new files in one run, one with ``shipped_at`` empty throughout: the column keeps
+    the type the other file shows (not VARCHAR for both), so the rule binds."""
+    root = make_project({"orders": _rules_only_pipeline()})
+    write(root / "landing/a.csv",
+          "id,ordered_at,shipped_at\n1,2026-01-01 10:00:00,2026-01-02 09:00:00\n"
+          "4,2026-01-01 10:00:00,2025-01-02 09:00:00\n")
+    write(root / "landing/b.csv", "id,ordered_at,shipped_at\n2,2026-01-03 10:00:00,\n")
+    with hw.Project(root) as project:
+        run = project.run("orders")
+        assert "succeeded" == run.status, run.error
+        table = project.dataset("orders").to_arrow()
+        rejected = project.dataset("orders__rejected").to_arrow().to_pylist()
+    assert [1, 2] == sorted(table["id"].to_pylist())
+    assert "timestamp[us]" == str(table.schema.field("shipped_at").type)
+    assert ["rule failed: shipped_at IS NULL OR shipped_at >= ordered_at"] == \
+        [r["_error"] for r in rejected]

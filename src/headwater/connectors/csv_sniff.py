@@ -16,9 +16,16 @@ from dataclasses import dataclass
 import duckdb
 
 from headwater.config.models import FilesSource
-from headwater.connectors.formats import Group, compression_of, sql_list, sql_struct
+from headwater.connectors.formats import (
+    Group,
+    compression_of,
+    sql_list,
+    sql_struct,
+    table_call,
+)
 from headwater.connectors.listing import FileInfo
 from headwater.exceptions import ConfigError
+from headwater.sqltext import ident as sql_ident
 from headwater.sqltext import text as sql_string
 
 __all__ = ["csv_encoding", "csv_groups"]
@@ -160,6 +167,42 @@ def csv_groups(
         columns = tuple((name, hints.get(name, kind)) for name, kind in shape.columns)
         options = (("auto_detect", "false"), *shape.options, ("columns", sql_struct(columns)))
         groups.append(Group(tuple(paths), options, columns))
-    return groups
+    return _settle_empty_columns(con, groups, hints)
+
+
+def _settle_empty_columns(
+    con: duckdb.DuckDBPyConnection, groups: list[Group], hints: Mapping[str, str]
+) -> list[Group]:
+    """A column empty in every row of some files reads as VARCHAR there; where the other
+    files agree on one type, those files take it, instead of the union turning the column
+    into text. Files are counted only on such a conflict (rare), never otherwise."""
+    kinds: dict[str, set[str]] = {}
+    for group in groups:
+        for name, kind in group.columns:
+            if name not in hints:
+                kinds.setdefault(name, set()).add(kind)
+    settled = {name: (found - {"VARCHAR"}).pop() for name, found in kinds.items()
+               if len(found) == 2 and "VARCHAR" in found}
+    if not settled:
+        return groups
+    return [_retyped(con, group, settled) for group in groups]
+
+
+def _retyped(con: duckdb.DuckDBPyConnection, group: Group, settled: Mapping[str, str]) -> Group:
+    text = [name for name, kind in group.columns if kind == "VARCHAR" and name in settled]
+    if not text:
+        return group
+    counts = ", ".join(f"count({sql_ident(name)})" for name in text)
+    lenient = (*group.options, ("ignore_errors", "true"))  # bad rows are the scan's business
+    found = con.execute(f"SELECT {counts} FROM {table_call('read_csv', group.paths, lenient)}"
+                        ).fetchall()[0]
+    empty = {name for name, count in zip(text, found, strict=True) if count == 0}
+    if not empty:
+        return group
+    columns = tuple((name, settled[name] if name in empty else kind)
+                    for name, kind in group.columns)
+    options = tuple(("columns", sql_struct(columns)) if key == "columns" else (key, value)
+                    for key, value in group.options)
+    return Group(group.paths, options, columns)
 
 
