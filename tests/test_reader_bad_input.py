@@ -239,3 +239,28 @@ def test_ndjson_quarantine_end_to_end(make_project: ProjectFactory) -> None:
         assert [1, 3] == sorted(project.dataset("events").to_arrow()["id"].to_pylist())
         rejected = project.dataset("events__rejected").to_arrow().to_pylist()
     assert ["landing/a.ndjson:2"] == [r["_source"] for r in rejected]
+
+
+def test_csv_reject_line_counts_newlines_inside_quoted_values(
+    tmp_path: Path, con: duckdb.DuckDBPyConnection
+) -> None:
+    """A quoted value spanning two lines shifts the rows after it: the rejected row is
+    named by the line an editor shows (DuckDB alone would count rows)."""
+    _files(tmp_path, {"q.csv": 'id,name\n0,"a\nb"\n1,x,extra\n2,c\n'})
+    rows, rejects = _scan(con, tmp_path, "landing/q.csv", bad_rows="quarantine",
+                          columns={"id": "int64"})
+    assert [(0, "a\nb"), (2, "c")] == rows
+    assert [("landing/q.csv:4", "expected 2 fields, found 3")] == rejects
+
+
+def test_ndjson_text_hint_keeps_strings_as_written(
+    tmp_path: Path, con: duckdb.DuckDBPyConnection
+) -> None:
+    """A string column hinted as text keeps its values as written, even those DuckDB's
+    detection would read as numbers or dates."""
+    _files(tmp_path, {"a.ndjson": '{"id": 1, "name": "INFINITY"}\n'
+                                  '{"id": 2, "name": "2026-01-01"}\n{"id": 3, "name": \n'})
+    rows, rejects = _scan(con, tmp_path, "landing/a.ndjson", bad_rows="quarantine",
+                          columns={"id": "int64", "name": "string"})
+    assert [(1, "INFINITY"), (2, "2026-01-01")] == rows
+    assert ["landing/a.ndjson:3"] == [s for s, _ in rejects]

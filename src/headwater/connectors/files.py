@@ -227,7 +227,10 @@ def _plan(
     elif fmt == "parquet":
         groups = _parquet_groups(con, kept)
     else:
-        groups = _json_groups(con, kept, fmt, hints if json_hints else {})
+        # cast later, row by row; but text is read as text, or DuckDB's type detection
+        # would turn a string "INFINITY" or "2026-01-01" into a number or date first
+        text = {n: k for n, k in hints.items() if k == "VARCHAR"}
+        groups = _json_groups(con, kept, fmt, hints if json_hints else text)
     plan = _Plan(fmt, tuple(groups), tuple(empty), tuple(hints.items()),
                  tuple(originals.items()))
     _check_hints(plan, files, root)

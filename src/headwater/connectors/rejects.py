@@ -8,16 +8,18 @@ apart, else ``{"_raw": line}``). Python only ever touches these rows, never good
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from headwater.connectors.formats import FILE_COLUMN, Group, path_key
+from headwater.connectors.formats import FILE_COLUMN, Group, compression_of, path_key
+from headwater.connectors.fsspec_util import is_remote
 from headwater.connectors.listing import display
 from headwater.sqltext import ident as sql_ident
 from headwater.steps.base import REJECTED_COLUMNS
@@ -45,20 +47,61 @@ def csv_rejects(
     (several failed columns of one line are joined into one reason)."""
     rows = con.execute(
         f"SELECT s.file_path, e.line, e.error_type::VARCHAR, e.column_name, e.error_message, "
-        f"e.csv_line FROM {sql_ident(errors)} e JOIN {sql_ident(scans)} s "
-        "USING (scan_id, file_id) ORDER BY s.file_path, e.line, e.column_idx").fetchall()
+        f"e.csv_line, e.line_byte_position FROM {sql_ident(errors)} e JOIN "
+        f"{sql_ident(scans)} s USING (scan_id, file_id) "
+        "ORDER BY s.file_path, e.line, e.column_idx").fetchall()
     listed = {path_key(p): p for g in groups for p in g.paths}
     columns = {p: g for g in groups for p in g.paths}
+    lines = _physical_lines({(listed.get(path_key(str(r[0])), str(r[0])), r[6]) for r in rows})
     merged: dict[tuple[str, int], tuple[list[str], str]] = {}
-    for path, line, kind, column, message, raw in rows:
+    for path, row_line, kind, column, message, raw, position in rows:
         name = listed.get(path_key(str(path)), str(path))
-        reasons, _ = merged.setdefault((name, int(line)), ([], str(raw or "")))
+        line = lines.get((name, position), int(row_line))
+        reasons, _ = merged.setdefault((name, line), ([], str(raw or "")))
         reasons.append(_reject_reason(str(kind), column, str(message)))
     return [
         Bad(f"{display((originals or {}).get(path, path), root)}:{line}", "; ".join(reasons),
             _raw_row(raw, columns.get(path)))
         for (path, line), (reasons, raw) in merged.items()
     ]
+
+
+def _physical_lines(starts: set[tuple[str, Any]]) -> dict[tuple[str, Any], int]:
+    """The line an editor shows for each (file, byte offset of a rejected row's start).
+
+    DuckDB numbers rows, so a value with a newline inside quotes shifts every later line;
+    counting ``\\n`` before the offset gives the real one. Only local plain or gzip files
+    are read (the error path, once per file); others keep DuckDB's number.
+    """
+    by_file: dict[str, list[int]] = {}
+    for path, position in starts:
+        if position is not None and compression_of(path) in ("none", "gzip") \
+                and not is_remote(path):
+            by_file.setdefault(path, []).append(int(position))
+    found: dict[tuple[str, Any], int] = {}
+    for path, positions in by_file.items():
+        try:
+            found.update(((path, p), n) for p, n in _count_lines(path, sorted(positions)))
+        except OSError:
+            continue
+    return found
+
+
+def _count_lines(path: str, positions: list[int]) -> list[tuple[int, int]]:
+    local = path.removeprefix("file://")
+    opener = gzip.open if compression_of(path) == "gzip" else open
+    result: list[tuple[int, int]] = []
+    newlines = offset = 0
+    with opener(local, "rb") as handle:
+        for position in positions:
+            while offset < position:
+                chunk = handle.read(min(1 << 20, position - offset))
+                if not chunk:
+                    break
+                newlines += chunk.count(b"\n")
+                offset += len(chunk)
+            result.append((position, newlines + 1))
+    return result
 
 
 def _reject_reason(kind: str, column: str | None, message: str) -> str:
