@@ -61,13 +61,20 @@ def test_wrong_encoding_fails_clearly(make_project: ProjectFactory) -> None:
     assert "a.csv" in (run.error or "")
 
 
-def test_glob_matching_nothing_fails(make_project: ProjectFactory) -> None:
-    """A source whose glob matches no file fails the run and says so."""
+def test_glob_matching_nothing_succeeds_publishing_nothing(
+    make_project: ProjectFactory
+) -> None:
+    """A source whose glob matches no file yet is a run with nothing to do: it succeeds,
+    says so in its log, and publishes no version."""
     root = make_project({"orders": _pipeline()})
     (root / "landing").mkdir()
     run = _run(root)
-    assert "failed" == run.status
-    assert "matched no files" in (run.error or "")
+    assert "succeeded" == run.status
+    with hw.Project(root) as project:
+        logs = [row["message"] for row in project.runtime.store.logs(run.id)]
+        with pytest.raises(hw.NotFoundError):
+            project.dataset("orders")
+    assert any("matched no files" in message for message in logs)
 
 
 def test_empty_file_adds_no_rows(make_project: ProjectFactory) -> None:

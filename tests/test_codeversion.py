@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,9 +63,11 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 def test_hash_is_sixteen_hex_and_lists_every_file_used(tmp_path: Path) -> None:
-    """The version names the YAML, the SQL file and every project module reached by imports."""
+    """The version names the project settings, the YAML, the SQL file and every project
+    module reached by imports."""
     version = _version(_project(tmp_path))
     expected = [
+        "headwater.yaml",
         "pipelines/orders.yaml",
         "sql/clean.sql",
         "transforms/__init__.py",
@@ -181,3 +184,82 @@ def test_whitespace_and_comments_never_change_the_sql_hash(
     gaps = data.draw(st.lists(_GAP, min_size=len(tokens) + 1, max_size=len(tokens) + 1))
     noisy = gaps[0] + "".join(t + g for t, g in zip(tokens, gaps[1:], strict=True))
     assert sql_hash(plain) == sql_hash(noisy)
+
+
+INLINE = """\
+name: orders
+params: {min_amount: 0}
+steps:
+  - id: raw
+    source: {type: files, path: landing/*.csv}
+  - id: clean
+    sql: SELECT * FROM raw WHERE amount >= {{ params.min_amount }}
+  - id: checked
+    validate: {input: clean, rules: ["amount < 100"]}
+"""
+
+
+def _inline_version(root: Path, text: str) -> str:
+    (root / "pipelines").mkdir(exist_ok=True)
+    if not (root / "headwater.yaml").exists():
+        (root / "headwater.yaml").write_text("name: shop\n")
+    (root / "pipelines" / "orders.yaml").write_text(text)
+    return _version(root).hash
+
+
+def test_inline_sql_comments_and_layout_do_not_change_the_version(tmp_path: Path) -> None:
+    """Inline SQL (a ``sql:`` step, a validate rule) is hashed by its tokens, as ``.sql``
+    files are: a comment, line breaks or keyword case change nothing; the query does."""
+    base = _inline_version(tmp_path, INLINE)
+    commented = INLINE.replace(
+        "    sql: SELECT * FROM raw WHERE amount >= {{ params.min_amount }}\n",
+        "    sql: |\n      -- only real orders\n      select *\n      FROM raw\n"
+        "      WHERE amount >= {{ params.min_amount }}  /* inclusive */\n")
+    assert base == _inline_version(tmp_path, commented)
+    rule_comment = INLINE.replace('"amount < 100"', '"amount  <  100 -- cap"')
+    assert base == _inline_version(tmp_path, rule_comment)
+    assert base != _inline_version(tmp_path, INLINE.replace(">=", ">"))
+    assert base != _inline_version(tmp_path, INLINE.replace("100", "1000"))
+
+
+SETTINGS = """\
+name: shop
+warehouse: ./warehouse
+params: {rate: 1.5}
+connections:
+  shop_db: {type: postgres, host: db1, password: "${env:SHOP_PW}"}
+  other: {type: postgres, host: elsewhere}
+"""
+
+USES_DB = """\
+name: orders
+steps:
+  - id: raw
+    source: {type: sql, connection: shop_db, table: orders}
+"""
+
+
+def _settings_version(root: Path, settings: str) -> str:
+    (root / "headwater.yaml").write_text(settings)
+    return _inline_version(root, USES_DB)
+
+
+def test_project_settings_that_change_the_result_change_the_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Project params, the warehouse and the settings of a connection the pipeline names
+    are part of its code version; an unused connection, a comment, and the *value* of a
+    secret are not (the text ``${env:SHOP_PW}`` is hashed, never what it resolves to)."""
+    base = _settings_version(tmp_path, SETTINGS)
+    assert base != _settings_version(tmp_path, SETTINGS.replace("rate: 1.5", "rate: 2"))
+    assert base != _settings_version(tmp_path, SETTINGS.replace("host: db1", "host: db2"))
+    assert base != _settings_version(tmp_path, SETTINGS.replace("./warehouse", "./wh2"))
+    assert base == _settings_version(tmp_path, SETTINGS.replace("elsewhere", "there"))
+    assert base == _settings_version(tmp_path, "# the shop\n" + SETTINGS)
+    monkeypatch.setenv("SHOP_PW", "first")
+    first = _settings_version(tmp_path, SETTINGS)
+    monkeypatch.setenv("SHOP_PW", "second")
+    assert first == _settings_version(tmp_path, SETTINGS) == base
+    before = _version(tmp_path)
+    _settings_version(tmp_path, SETTINGS.replace("rate: 1.5", "rate: 3"))
+    assert ["headwater.yaml"] == _version(tmp_path).changed_files(before)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from headwater.config.models import FilesSource
 from headwater.connectors import files as fc
+from headwater.connectors.formats import TYPES
 from headwater.connectors.fsspec_util import classify_path, register_filesystem
 from headwater.exceptions import ConfigError, TerminalSourceError
 from headwater.steps.base import REJECTED_COLUMNS
@@ -309,7 +310,7 @@ def test_unknown_type_suggests_the_closest_name() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(name=st.sampled_from(sorted(fc._TYPES)), upper=st.booleans(),
+@given(name=st.sampled_from(sorted(TYPES)), upper=st.booleans(),
        pad=st.sampled_from(["", " ", "  \t"]))
 def test_type_names_ignore_case_and_spaces_and_are_valid_duckdb(
     name: str, upper: bool, pad: str
@@ -596,9 +597,9 @@ def test_latin1_bytes_read_as_utf8(tmp_path: Path, con: duckdb.DuckDBPyConnectio
 def test_malformed_ndjson_names_file_and_line(
     tmp_path: Path, con: duckdb.DuckDBPyConnection
 ) -> None:
-    """A broken NDJSON record fails naming its file and line."""
+    """A broken NDJSON record fails naming its file and its own line (not the next)."""
     write(tmp_path / "a.ndjson", '{"id": 1}\n{"id": 2\n{"id": 3}\n')
-    assert fail_message(con, tmp_path, "a.ndjson").startswith("a.ndjson line 3: ")
+    assert fail_message(con, tmp_path, "a.ndjson").startswith("a.ndjson line 2: ")
 
 
 def test_json_value_not_matching_hint(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:

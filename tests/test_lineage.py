@@ -398,3 +398,42 @@ def test_engine_emits_run_events(make_project: ProjectFactory) -> None:
     assert ["START", "COMPLETE"] == [e["eventType"] for e in events]
     assert {run_uuid(run.id)} == {e["run"]["runId"] for e in events}
     assert ["orders"] == [o["name"] for o in events[1]["outputs"]]
+
+
+def test_staleness_is_known_before_the_next_run_and_passes_downstream(
+    two_pipelines: Path,
+) -> None:
+    """Editing ``orders``' SQL on disk (no run since) makes ``orders@1`` stale at once, and
+    ``totals@1``, computed from it, stale too (transitively); ``dataset show`` agrees.
+    A comment-only edit makes nothing stale."""
+    path = two_pipelines / "pipelines/orders.yaml"
+    write(path, ORDERS.replace("SELECT order_id, amount FROM raw",
+                               "SELECT order_id, amount FROM raw -- same query"))
+    with hw.Project(two_pipelines) as project:
+        assert project.dataset("totals").lineage(1)["node"]["stale"] is False
+    write(path, ORDERS.replace("SELECT order_id, amount FROM raw",
+                               "SELECT order_id, amount * 2 AS amount FROM raw"))
+    with hw.Project(two_pipelines) as project:
+        assert [1] == project.dataset("orders").versions()
+        graph = project.dataset("totals").lineage(1)
+        assert graph["node"]["stale"] is True
+        assert graph["upstream"][0]["stale"] is True
+        assert project.dataset("orders").lineage(1)["downstream"][0]["stale"] is True
+    for name in ("orders", "totals"):
+        shown = json.loads(run_cli("dataset", "show", name, "--json",
+                                   "--project", str(two_pipelines)).stdout)
+        assert shown["stale"] is True
+
+
+def test_a_rerun_downstream_of_fresh_code_is_not_stale(two_pipelines: Path) -> None:
+    """After ``orders`` changes and both pipelines run again, the new ``totals`` version
+    (read from the fresh ``orders`` version) is not stale; the old ones are."""
+    write(two_pipelines / "pipelines/orders.yaml",
+          ORDERS.replace("mode: append", "mode: overwrite"))
+    _orders_csv(two_pipelines, "c.csv", range(15, 16))
+    with hw.Project(two_pipelines) as project:
+        assert project.run("orders").ok
+        assert project.run("totals").ok
+        totals = project.dataset("totals")
+        assert (True, False) == (totals.lineage(1)["node"]["stale"],
+                                 totals.lineage(2)["node"]["stale"])

@@ -15,11 +15,11 @@ def _console() -> Any:
 
 
 def show_dataset(project: Any, name: str, version: int | None, as_json: bool) -> None:
-    from headwater.lineage.graph import is_stale
+    from headwater.lineage.graph import is_stale_deep
 
     ds = project.dataset(name)
     record = ds.record(version)
-    stale = is_stale(record, project.runtime.store.code_versions())  # no graph walk needed
+    stale = is_stale_deep(project.runtime, record)  # its own code, or any input's
     doc = {
         "name": name, "uri": ds.uri, "version": record["version"],
         "versions": ds.versions(), "run_id": record["run_id"], "pipeline": record["pipeline"],

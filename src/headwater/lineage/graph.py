@@ -3,8 +3,11 @@
 Built from the store's version records (each names its run, pipeline, code version,
 trigger, input dataset versions and source fingerprints), walked upstream through input
 datasets and downstream through the versions that read this one. A version is *stale*
-when its pipeline's current code version (the one its latest run started with) differs
-from the one that produced it. This module only reads the store.
+when its pipeline's current code version differs from the one that produced it, or when
+any input version it read is stale (staleness passes downstream, transitively). The
+current code version is computed from the files on disk, so an edit makes versions stale
+at once, before any run; a pipeline whose files do not load keeps the version its latest
+run started with. This module only reads the store and the project's files.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from headwater.config.codeversion import code_version
 from headwater.exceptions import HeadwaterError
 
 if TYPE_CHECKING:
@@ -25,14 +29,29 @@ A dataset that reads its own previous version makes a chain as long as its histo
 Key = tuple[str, int]
 
 
-def _node(record: dict[str, Any], current_code: dict[str, str]) -> dict[str, Any]:
+def current_code_versions(runtime: ProjectRuntime) -> dict[str, str]:
+    """Each pipeline's code version as its files are now (or as last recorded by a run
+    when they do not load)."""
+    code = dict(runtime.store.code_versions())
+    pipelines, _ = runtime.load_pipelines()  # fresh from disk, not the runtime's cache
+    for name, pipeline in pipelines.items():
+        code[name] = code_version(runtime.root, pipeline).hash
+    return code
+
+
+def is_stale_deep(runtime: ProjectRuntime, record: dict[str, Any]) -> bool:
+    """Whether ``record``'s version is stale, itself or through any input it read."""
+    return _Graph(runtime, current_code_versions(runtime)).stale(record)
+
+
+def _node(record: dict[str, Any], stale: bool) -> dict[str, Any]:
     return {
         "dataset": record["dataset"],
         "version": record["version"],
         "run_id": record.get("run_id"),
         "pipeline": record.get("pipeline"),
         "code_version": record.get("code_version"),
-        "stale": is_stale(record, current_code),
+        "stale": stale,
         "trigger": record.get("trigger"),
         "created_at": record["created_at"].isoformat() if record.get("created_at") else None,
         "rows_added": record.get("rows_added"),
@@ -43,7 +62,8 @@ def _node(record: dict[str, Any], current_code: dict[str, str]) -> dict[str, Any
 
 
 def is_stale(record: Mapping[str, Any], current_code: Mapping[str, str]) -> bool:
-    """Whether the pipeline that made ``record`` has different code now."""
+    """Whether the pipeline that made ``record`` has different code now (this version
+    alone; :func:`is_stale_deep` follows its inputs too)."""
     pipeline = record.get("pipeline")
     code = record.get("code_version")
     return bool(pipeline and code and current_code.get(pipeline) not in (None, code))
@@ -56,10 +76,10 @@ def version_lineage(runtime: ProjectRuntime, dataset: str,
     Every path is shown: a version reached along two paths (a diamond) appears under both.
     """
     store = runtime.store
-    graph = _Graph(runtime, store.code_versions())
+    graph = _Graph(runtime, current_code_versions(runtime))
     record = store.version(dataset, version)
     key = (str(record["dataset"]), int(record["version"]))
-    root = _node(record, graph.code)
+    root = _node(record, graph.stale(record))
     return {"node": root, "upstream": graph.up(root["inputs"], 1),
             "downstream": graph.down(key, 1)}
 
@@ -74,6 +94,37 @@ class _Graph:
         self._readers: dict[Key, list[dict[str, Any]]] | None = None
         self._up: dict[Key, dict[str, Any]] = {}
         self._down: dict[Key, dict[str, Any]] = {}
+        self._stale: dict[Key, bool] = {}
+
+    def stale(self, record: dict[str, Any]) -> bool:
+        """Own code changed, or any input version (transitively) is stale.
+
+        Walked with an explicit stack: a dataset reading its own previous version makes a
+        chain as long as its history, too deep for recursion.
+        """
+        key = (str(record["dataset"]), int(record["version"]))
+        self._records.setdefault(key, record)
+        stack, queued = [key], {key}
+        while stack:
+            top = stack[-1]
+            if top in self._stale:
+                stack.pop()
+                continue
+            current = self._record(top)
+            if current is None:  # a dropped input: it cannot make anything stale
+                self._stale[top] = False
+                stack.pop()
+                continue
+            inputs = [k for k in map(_key, current.get("inputs") or []) if k is not None]
+            pending = [k for k in inputs if k not in self._stale and k not in queued]
+            if pending:
+                stack.extend(pending)
+                queued.update(pending)
+                continue
+            self._stale[top] = is_stale(current, self.code) or any(
+                self._stale.get(k, False) for k in inputs)
+            stack.pop()
+        return self._stale[key]
 
     def up(self, inputs: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
         out = []
@@ -87,7 +138,7 @@ class _Graph:
                     self._up[key] = {"dataset": key[0], "version": key[1], "missing": True}
                     out.append(self._up[key])
                     continue
-                parent = _node(record, self.code)
+                parent = _node(record, self.stale(record))
                 if depth >= MAX_DEPTH:  # not remembered: a shorter path may reach it too
                     out.append({**parent, "upstream": [], "truncated": True})
                     continue
@@ -101,7 +152,7 @@ class _Graph:
         for record in self._readers_of(key):
             child_key = (str(record["dataset"]), int(record["version"]))
             if child_key not in self._down:
-                child = _node(record, self.code)
+                child = _node(record, self.stale(record))
                 if depth >= MAX_DEPTH:
                     out.append({**child, "downstream": [], "truncated": True})
                     continue

@@ -70,7 +70,9 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
     root = ctx.project.root
     options = storage_options(ctx, source.connection)
     path = ctx.render(source.path)
-    matched = fileconn.list_files(path, root=root, storage_options=options)
+    matched = fileconn.list_files(path, root=root, storage_options=options, allow_empty=True)
+    if not matched:
+        return _no_files(ctx, source, path)
     con = ctx.cursor()
     fileconn.register_filesystem(con, matched[0].path if matched else path, options)
     new = _unseen(ctx, matched) if source.incremental else matched
@@ -80,16 +82,28 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
     if source.incremental:
         ctx.log(f"{len(new)} new of {len(matched)} matching files", files=len(new))
     if not new:
-        scan = fileconn.scan_sql(matched, source, root=root, con=con)
+        scan = fileconn.scan_sql(matched, source, root=root, con=con, workdir=ctx.workdir,
+                                 name=ctx.step_id)
         relation = f"SELECT * FROM ({scan}) LIMIT 0"
         _bind(con, relation, matched, ctx.step_id, root)
         return StepOutput(relation=relation, rows=0, sources=[fingerprint], state=state)
     if source.bad_rows == "fail":
-        relation = fileconn.scan_sql(new, source, root=root, con=con)
+        relation = fileconn.scan_sql(new, source, root=root, con=con, workdir=ctx.workdir,
+                                     name=ctx.step_id)
         _bind(con, relation, new, ctx.step_id, root)
         return StepOutput(relation=relation, sources=[fingerprint], state=state,
                           info={"files": len(new), "lazy": True})
     return _scan_with_rejects(ctx, source, new, fingerprint, state)
+
+
+def _no_files(ctx: StepContext, source: FilesSource, path: str) -> StepOutput:
+    """Nothing has landed yet: no rows (with the hinted columns), so nothing is published."""
+    reason = "matched no files" if fileconn.has_glob(path) else "holds no files"
+    ctx.log(f"{path} {reason}: nothing to read, so nothing is published", level="warning",
+            files=0)
+    relation = fileconn.scan_sql([], source, root=ctx.project.root, con=ctx.cursor())
+    fingerprint = {"step": ctx.step_id, "type": "files", "path": source.path, "files": []}
+    return StepOutput(relation=relation, rows=0, sources=[fingerprint], info={"files": 0})
 
 
 def _scan_with_rejects(ctx: StepContext, source: FilesSource, files: list[Any],

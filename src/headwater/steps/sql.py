@@ -8,6 +8,8 @@ Binding happens here, so a wrong column fails this step, not the one reading it.
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 
 from headwater.config.models import SqlStep
@@ -20,7 +22,7 @@ from headwater.steps.spill import spill
 @register("sql")
 def run_sql(ctx: StepContext, step: SqlStep) -> StepOutput:
     try:
-        query = ctx.render(sql_text(step, ctx.project.root)).strip().rstrip(";")
+        query = query_body(ctx.render(sql_text(step, ctx.project.root)))
     except ValueError as exc:
         raise StepError(str(exc)) from None
     con = ctx.cursor()
@@ -36,6 +38,29 @@ def run_sql(ctx: StepContext, step: SqlStep) -> StepOutput:
     if step.materialize:
         return spill(ctx, query)
     return StepOutput(relation=query)
+
+
+_TOKEN = re.compile(r"""
+      (?P<skip>\s+|--[^\n]*|/\*.*?(?:\*/|\Z)|;)
+    | '(?:[^']|'')*(?:'|\Z) | "(?:[^"]|"")*(?:"|\Z)
+    | \$(?P<tag>[A-Za-z_]\w*)?\$.*?(?:\$(?P=tag)?\$|\Z)
+    | .
+""", re.VERBOSE | re.DOTALL)
+
+
+def query_body(sql: str) -> str:
+    """The query without what trails it: whitespace, ``;`` and comments.
+
+    Other steps wrap a step's SQL as ``(...)``; a trailing ``-- comment`` would swallow the
+    closing parenthesis. Strings, quoted names and block comments are skipped whole, so a
+    ``--`` inside them is not taken for a comment.
+    """
+    end = 0
+    for match in _TOKEN.finditer(sql):
+        if match.lastgroup != "skip":
+            end = match.end()
+    start = len(sql) - len(sql.lstrip())
+    return sql[start:end] if end > start else sql.strip()
 
 
 def _duckdb_message(exc: Exception) -> str:

@@ -210,6 +210,9 @@ class _Plan:
     unique: list[tuple[int, _Column]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     """Check names by index: row checks first, then uniqueness."""
+    untyped: list[tuple[str, str]] = field(default_factory=list)
+    """Undeclared text columns NULL in every row (name, input type): the checks see an
+    untyped NULL, as one file's empty column says nothing about the column's type."""
 
     @property
     def numbered(self) -> bool:
@@ -419,7 +422,8 @@ def _plan(input_columns: list[tuple[str, str]], config: ValidateConfig, step_id:
 def _typed_cte(plan: _Plan, relation: str) -> str:
     """Cast declared columns and keep the raw values of the cast ones."""
     casts = [c for c in plan.columns if c.cast_to]
-    replace = ", ".join(f"TRY_CAST({c.value} AS {c.cast_to}) AS {c.value}" for c in casts)
+    replace = ", ".join([*(f"TRY_CAST({c.value} AS {c.cast_to}) AS {c.value}" for c in casts),
+                         *(f"NULL AS {_ident(name)}" for name, _ in plan.untyped)])
     raws = "".join(f", {c.value} AS {c.raw}" for c in casts)
     star = f"* REPLACE ({replace})" if replace else "*"
     numbering = ", row_number() OVER () AS __hw_n" if plan.numbered else ""
@@ -462,7 +466,9 @@ def _checked_query(plan: _Plan, relation: str) -> str:
     """All rows in input order, cast, with ``__hw_problems`` (sorted by check), ``__hw_row``
     and what the uniqueness pass needs later; no window, sort or join, so it streams."""
     extra = [*plan.kept_raws, *(["__hw_n"] if plan.numbered else [])]
-    user = [_ident(name) for name, _ in plan.input_columns]
+    untyped = dict(plan.untyped)
+    user = [f"CAST({_ident(name)} AS {untyped[name]}) AS {_ident(name)}" if name in untyped
+            else _ident(name) for name, _ in plan.input_columns]
     return (
         f"WITH {_typed_cte(plan, relation)},\n"
         f"__hw_checked AS (SELECT *, {_problems(plan.row_checks)} AS __hw_problems "
@@ -497,6 +503,21 @@ def _diagnose(
     return StepError(f"validate step {step_id!r} failed: {_first_line(exc)}", step=step_id)
 
 
+def _empty_text_columns(
+    con: duckdb.DuckDBPyConnection, plan: _Plan, relation: str
+) -> list[tuple[str, str]]:
+    """Undeclared text columns with no value in any row (a CSV column empty throughout a
+    new file reads as VARCHAR). Looked for only when the checks do not bind, so the extra
+    pass over the input is paid only then."""
+    declared = {c.name for c in plan.columns}
+    text = [(n, t) for n, t in plan.input_columns if t == "VARCHAR" and n not in declared]
+    if not text:
+        return []
+    counts = ", ".join(f"count({_ident(name)})" for name, _ in text)
+    found = con.execute(f"SELECT {counts} FROM {_subquery(relation)} AS __hw_in").fetchall()
+    return [column for column, count in zip(text, found[0], strict=True) if count == 0]
+
+
 def _check_constants(con: duckdb.DuckDBPyConnection, plan: _Plan, step_id: str) -> None:
     """Fail early, naming the check, on a bound or list value that does not cast or a bad
     regex; inside the big query they would only surface as an anonymous runtime error."""
@@ -525,7 +546,14 @@ def _write_checked(
     try:
         con.sql(query)  # binds without running: a bad rule fails here, cheaply
     except duckdb.Error as exc:
-        raise _diagnose(con, plan, relation, step_id, exc) from exc
+        plan.untyped = _empty_text_columns(con, plan, relation)
+        if not plan.untyped:
+            raise _diagnose(con, plan, relation, step_id, exc) from exc
+        query = _checked_query(plan, relation)
+        try:
+            con.sql(query)
+        except duckdb.Error as again:
+            raise _diagnose(con, plan, relation, step_id, again) from again
     try:
         con.execute(f"COPY ({query}) TO {_sql_path(spill)} (FORMAT parquet)")
     except duckdb.Error as exc:

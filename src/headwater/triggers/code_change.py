@@ -3,9 +3,10 @@
 The code version (``engine.codeversion``: the pipeline YAML, its SQL by tokens, its Python
 by AST, and project modules it imports) is computed at start and after every change in
 the project folder (watchfiles, debounced). The pipeline fires when that version differs
-from the one of its last successful run, once per version (the version is the dedupe key).
-A pipeline that never succeeded does not fire on code alone: its first run is someone's
-decision.
+from the one of its last successful run, once per version and last success (the dedupe key
+holds both: returning to an earlier version, after a success with another one, fires
+again; checking twice before the run finishes does not). A pipeline that never succeeded
+does not fire on code alone: its first run is someone's decision.
 """
 
 from __future__ import annotations
@@ -34,28 +35,30 @@ class CodeChangeTrigger:
         self.status = TriggerStatus(name=f"{pipeline}:{index}")
 
     def _current(self) -> str:
-        from headwater.engine.codeversion import code_version
+        from headwater.config.codeversion import code_version
 
         pf = self.runtime.pipeline(self.pipeline)
         fresh = load_pipeline_file(pf.path, self.runtime.root)
         return code_version(self.runtime.root, fresh).hash
 
-    def _last_success(self) -> str | None:
+    def _last_success(self) -> tuple[str, str | None] | None:
+        """The id and code version of the pipeline's last successful run."""
         run = self.runtime.store.last_successful_run(self.pipeline)
-        return None if run is None else run.get("code_version")
+        return None if run is None else (str(run["id"]), run.get("code_version"))
 
     async def check(self, emit: Emit) -> None:
         try:
             current = await asyncio.to_thread(self._current)
-            previous = await asyncio.to_thread(self._last_success)
+            last = await asyncio.to_thread(self._last_success)
         except HeadwaterError as exc:
             self.status.fail(f"cannot compute the code version: {exc.message}")
             return
         self.status.recover()
-        if previous is None or previous == current:
+        if last is None or last[1] == current:
             return
+        success, previous = last
         await emit(Fire(pipeline=self.pipeline, trigger_index=self.index, kind="code_change",
-                        dedupe_key=f"code:{self.pipeline}:{current}",
+                        dedupe_key=f"code:{self.pipeline}:{success}:{current}",
                         info={"code_version": current, "previous_code_version": previous},
                         event_at=utcnow()))
         self.status.fired()
