@@ -38,7 +38,7 @@ class ReuseDecision:
 def step_codes(dag: Plan, root: Path, params: Mapping[str, Any]) -> dict[str, str]:
     """step id → a hash of what decides the step's output: its config (SQL by meaning, a
     ``.sql`` file's content, the pipeline's Python), the params, and its upstream's codes."""
-    from headwater.engine.codeversion import _python_files, python_meaning, sql_hash
+    from headwater.config.codeversion import _python_files, python_meaning, sql_hash
 
     python = sorted(python_meaning(p) for p in _python_files_of(dag, root, _python_files))
     codes: dict[str, str] = {}
