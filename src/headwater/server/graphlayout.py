@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-NODE_W, NODE_H, GAP_X, GAP_Y, PAD = 180, 40, 60, 16, 10
+NODE_W, NODE_H, GAP_X, GAP_Y, PAD = 170, 40, 44, 16, 10
 
 
 def layout(nodes: list[dict[str, Any]], edges: list[dict[str, Any]]) -> dict[str, Any]:

@@ -42,7 +42,15 @@ def _env() -> Any:
     env.filters["secs"] = _secs
     env.filters["num"] = _num
     env.filters["short"] = _short
+    env.filters["spec"] = _spec
     return env
+
+
+def _spec(value: Any) -> str:
+    """A trigger's settings on one line, as a person would write them in YAML."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    return _short(value, 80)
 
 
 def _missing(value: Any) -> bool:

@@ -135,7 +135,7 @@
   if (form) builder(form);
 
   function builder(form) {
-    const name = form.dataset.name;
+    const name = form.getAttribute("data-name");  // not form.dataset: an input is named "dataset"
     const field = (n) => form.elements[n];
     let doc = null;
     let version = null;
