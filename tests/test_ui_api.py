@@ -116,12 +116,14 @@ def test_pipeline_detail_has_dag_and_recent_runs(client: TestClient) -> None:
 
 def test_runs_are_paged_filtered_and_matched_exactly(client: TestClient) -> None:
     """Keyset pages of one run each; a prefix of an id is not a run; bad status is 422."""
-    first = client.get("/api/runs", params={"limit": 1}).json()
-    second = client.get("/api/runs", params={"limit": 1, "before": first["next"]}).json()
-    assert first["runs"][0]["id"] != second["runs"][0]["id"]
-    assert [] == client.get("/api/runs", params={"status": "failed"}).json()["runs"]
+    first = client.get("/api/runs", params={"limit": 1})
+    assert str(first.json()[0]["seq"]) == first.headers["x-next-before"]
+    second = client.get("/api/runs", params={"limit": 1,
+                                             "before": first.headers["x-next-before"]})
+    assert first.json()[0]["id"] != second.json()[0]["id"]
+    assert [] == client.get("/api/runs", params={"status": "failed"}).json()
     assert 422 == client.get("/api/runs", params={"status": "nope"}).status_code
-    run_id = first["runs"][0]["id"]
+    run_id = first.json()[0]["id"]
     assert 404 == client.get(f"/api/runs/{run_id[:8]}").status_code
     doc = client.get(f"/api/runs/{run_id}").json()
     assert ["raw", "clean", "checked", "publish"] == [s["step_id"] for s in doc["steps"]]
@@ -132,7 +134,7 @@ def test_runs_are_paged_filtered_and_matched_exactly(client: TestClient) -> None
 
 def test_logs_and_live_events_of_a_finished_run(client: TestClient) -> None:
     """SSE sends every log line, the run document, then ``end`` for a finished run."""
-    run_id = client.get("/api/runs").json()["runs"][0]["id"]
+    run_id = client.get("/api/runs").json()[0]["id"]
     lines = client.get(f"/api/runs/{run_id}/logs").json()
     assert lines and all("message" in line for line in lines)
     stream = client.get(f"/api/runs/{run_id}/events").text
@@ -178,7 +180,7 @@ def test_unknown_things_are_404_with_a_message(client: TestClient, url: str) -> 
 
 def test_pages_render_and_escape_untrusted_text(client: TestClient) -> None:
     """Every page answers 200; the description's markup is shown as text, not run."""
-    run_id = client.get("/api/runs").json()["runs"][0]["id"]
+    run_id = client.get("/api/runs").json()[0]["id"]
     for url in ["/", "/runs", "/pipelines/shop", f"/runs/{run_id}", "/datasets/shop",
                 "/datasets/shop?version=1&a=1&b=2", "/lineage/shop", "/pipelines/new",
                 "/pipelines/shop/edit", "/login", "/api/docs"]:
@@ -237,7 +239,7 @@ def test_cancel_and_rerun(own: tuple[Path, TestClient]) -> None:
     queued = client.post("/api/pipelines/shop/runs", json={}, headers=csrf).json()["run_id"]
     assert "cancelled" == client.post(f"/api/runs/{queued}/cancel",
                                       headers=csrf).json()["status"]
-    done = client.get("/api/runs", params={"status": "succeeded"}).json()["runs"][0]["id"]
+    done = client.get("/api/runs", params={"status": "succeeded"}).json()[0]["id"]
     again = client.post(f"/api/runs/{done}/rerun", headers=csrf)
     assert 202 == again.status_code
     rerun = client.get(f"/api/runs/{again.json()['run_id']}").json()

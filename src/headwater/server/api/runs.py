@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
 
 from headwater.project import create_rerun
@@ -25,19 +25,23 @@ def router(ctx: Context) -> APIRouter:
     server = ctx.server
 
     @api.get("/runs", dependencies=[Depends(ctx.viewer)])
-    def list_runs(pipeline: str | None = None,
+    def list_runs(response: Response, pipeline: str | None = None,
                   status: list[str] | None = Query(default=None),
                   trigger: str | None = None,
                   before: int | None = Query(default=None, ge=0),
-                  limit: int = Query(default=50, ge=1, le=500)) -> dict[str, Any]:
-        """Runs newest first; ``next`` is the ``before`` value of the next page."""
+                  limit: int = Query(default=50, ge=1, le=500)) -> list[dict[str, Any]]:
+        """Runs newest first. For the next page pass the last run's ``seq`` as ``before``
+        (also in the ``X-Next-Before`` header while there are more)."""
         bad = [s for s in status or [] if s not in STATUSES]
         if bad:
             from fastapi import HTTPException
 
             raise HTTPException(422, f"unknown status {bad[0]!r} (one of {', '.join(STATUSES)})")
-        return queries.runs(server, pipeline=pipeline, status=status, trigger=trigger,
+        page = queries.runs(server, pipeline=pipeline, status=status, trigger=trigger,
                             before=before, limit=limit)
+        if page["next"] is not None:
+            response.headers["X-Next-Before"] = str(page["next"])
+        return list(page["runs"])
 
     @api.get("/runs/{run_id}", dependencies=[Depends(ctx.viewer)])
     def get_run(run_id: str) -> dict[str, Any]:
