@@ -160,7 +160,8 @@ def test_build_and_edit_a_pipeline_without_yaml(browser: Any, site: tuple[Path, 
     page.fill("input[name=path]", "in/*.csv")
     page.click("#preview-source")
     page.wait_for_selector("#source-preview table")
-    assert "amount" in page.inner_text("#source-preview")
+    assert "1 file(s): in/a.csv" in page.inner_text("#source-preview")
+    assert "amount" == page.text_content("#source-preview th >> nth=1")
     page.fill("textarea[name=sql]", "SELECT * FROM raw WHERE id IS NOT NULL")
     page.fill("input[name=dataset]", "copy")
     page.fill("input[name=cron]", "every night")
@@ -195,8 +196,10 @@ def test_build_and_edit_a_pipeline_without_yaml(browser: Any, site: tuple[Path, 
     w.clean()
     text = (root / "pipelines/shop.yaml").read_text()
     assert "# the shop's orders" in text and "# nightly" in text and "# shown in the UI" in text
-    assert SHOP.lstrip("\n").replace("Orders for the churn model", "Orders, edited in the "
-                                     "browser") == text
+    expected = SHOP.lstrip("\n").replace("Orders for the churn model",
+                                         "Orders, edited in the browser")
+    # ruamel keeps an end-of-line comment at its column; a longer value pushes it right
+    assert re.sub(r" +#", " #", expected) == re.sub(r" +#", " #", text)
 
 
 def test_viewer_logs_in_and_is_refused_a_rerun(browser: Any, site: tuple[Path, str]) -> None:

@@ -47,7 +47,16 @@ def preview_source(runtime: ProjectRuntime, spec: Any, limit: int = 10) -> dict[
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HeadwaterError(f"cannot read {source.path}: {first}") from None
-    return {"files": [f.path for f in files], "columns": columns, "rows": rows}
+    return {"files": [_shown(runtime.root, f.path) for f in files], "columns": columns,
+            "rows": rows}
+
+
+def _shown(root: Path, path: str) -> str:
+    """A local file relative to the project, as the user typed it; URLs as they are."""
+    local = Path(path)
+    if local.is_absolute() and local.is_relative_to(root):
+        return str(local.relative_to(root))
+    return path
 
 
 def _parse(spec: Any) -> FilesSource:
