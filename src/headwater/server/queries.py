@@ -49,48 +49,104 @@ def run_doc(row: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- pipelines
 
 
-def pipelines(server: Server) -> list[dict[str, Any]]:
-    """Every pipeline with its last run, next fire and stale flag; failures first."""
-    from headwater.triggers.registry import trigger_table
-
+def pipelines(server: Server, only: str | None = None) -> list[dict[str, Any]]:
+    """Every pipeline (or ``only`` one) with its last run, next fire and stale flag;
+    failures first. A fixed number of queries, however many pipelines and runs."""
     runtime = server.runtime
     last = listing.last_runs(server.store)
-    triggers = trigger_table(runtime, server)
+    last_ok = listing.last_runs(server.store, status="succeeded")
+    triggers = _trigger_summaries(server)
     out = []
     for name, pf in sorted(runtime.pipelines.items()):
-        own = [t for t in triggers if t["pipeline"] == name]
+        if only is not None and name != only:
+            continue
+        own = triggers.get(name, [])
         nexts = sorted(t["next_fire_at"] for t in own if t["next_fire_at"] and t["enabled"])
         run = last.get(name)
         current = _code_version(server, name)
+        made_by = (last_ok.get(name) or {}).get("code_version")
         out.append({
             "name": name, "description": pf.config.description, "file": pf.display,
             "steps": len(pf.config.steps), "params": jsonable(pf.config.params),
-            "triggers": [{"id": t["id"], "kind": t["kind"], "enabled": t["enabled"]}
-                         for t in own],
+            "triggers": [{k: t[k] for k in ("id", "kind", "enabled")} for t in own],
             "last_run": run_doc(run) if run else None,
             "next_fire_at": nexts[0] if nexts else None,
             "code_version": current,
-            "stale": _stale(server, name, current),
+            "stale": bool(current and made_by and made_by != current),
         })
     out.sort(key=lambda p: (0 if (p["last_run"] or {}).get("status") == "failed" else 1,
                             p["name"]))
     return out
 
 
+def _trigger_summaries(server: Server) -> dict[str, list[dict[str, Any]]]:
+    """pipeline → its triggers' id, kind, enabled and next fire, from one store read."""
+    from headwater.store.queue import trigger_states
+
+    states = trigger_states(server.store)
+    live = {(a.pipeline, a.index): a.trigger.status for a in server.triggers}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, pf in server.runtime.pipelines.items():
+        for index, config in enumerate(pf.config.triggers):
+            state = states.get((name, index), {})
+            status = live.get((name, index))
+            upcoming = status.next_fire_at if status else state.get("next_fire_at")
+            out.setdefault(name, []).append({
+                "id": f"{name}.{index}", "kind": config.kind,
+                "enabled": bool(state.get("enabled", True)),
+                "next_fire_at": jsonable(upcoming) if upcoming else _next_fire(config)})
+    return out
+
+
+def _next_fire(config: Any) -> str | None:
+    """A schedule's next time when no server has armed it yet (as ``triggers`` shows)."""
+    if config.schedule is None and config.interval is None:
+        return None
+    from headwater.triggers.base import utcnow
+
+    key, now = repr(config), utcnow()
+    cached = _NEXT.get(key)
+    if cached is not None and cached > now:  # still ahead: parsing cron again gives the same
+        return cached.isoformat()
+    try:
+        from headwater.triggers.schedule import schedule_for
+
+        upcoming = schedule_for(config).next_after(now)
+    except Exception:  # noqa: BLE001 - an invalid cron has no next time (check reports it)
+        return None
+    _NEXT[key] = upcoming
+    return upcoming.isoformat()
+
+
+_NEXT: dict[str, datetime] = {}
+
+
+_CODE: dict[str, tuple[tuple[Any, ...], float, str | None]] = {}
+CODE_TTL = 10.0
+"""Seconds a pipeline's computed code version is reused while its file is unchanged: the
+hash reads and parses every file the pipeline uses, too slow to redo on every page."""
+
+
 def _code_version(server: Server, name: str) -> str | None:
+    import time
+
     from headwater.engine.codeversion import code_version
 
     try:
-        return code_version(server.runtime.root, server.runtime.pipeline(name)).hash
+        pf = server.runtime.pipeline(name)
+        stat = pf.path.stat()
     except (HeadwaterError, OSError):
         return None
-
-
-def _stale(server: Server, name: str, current: str | None) -> bool:
-    """The pipeline's code changed since its last successful run made its datasets."""
-    last_ok = server.store.last_successful_run(name)
-    return bool(current and last_ok and last_ok.get("code_version")
-                and last_ok["code_version"] != current)
+    key = (str(pf.path), stat.st_mtime_ns, stat.st_size)
+    cached = _CODE.get(name)
+    if cached is not None and cached[0] == key and time.monotonic() - cached[1] < CODE_TTL:
+        return cached[2]
+    try:
+        value: str | None = code_version(server.runtime.root, pf).hash
+    except (HeadwaterError, OSError):
+        value = None
+    _CODE[name] = (key, time.monotonic(), value)
+    return value
 
 
 def pipeline(server: Server, name: str) -> dict[str, Any]:
@@ -98,7 +154,7 @@ def pipeline(server: Server, name: str) -> dict[str, Any]:
     from headwater.triggers.registry import trigger_table
 
     pf = server.runtime.pipeline(name)
-    summary = next(p for p in pipelines(server) if p["name"] == name)
+    [summary] = pipelines(server, only=name)
     triggers = [t for t in trigger_table(server.runtime, server) if t["pipeline"] == name]
     recent = listing.runs_page(server.store, pipeline=name, limit=20)
     return {**summary, "dag": dag(server, name), "triggers": REDACTOR.deep(triggers),

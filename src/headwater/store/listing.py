@@ -37,10 +37,12 @@ def run_exact(store: Store, run_id: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def last_runs(store: Store) -> dict[str, dict[str, Any]]:
-    """pipeline → its newest run, in two indexed queries whatever the history's length."""
-    newest = select(t.runs.c.pipeline, func.max(t.runs.c.seq).label("seq")) \
-        .group_by(t.runs.c.pipeline).subquery()
+def last_runs(store: Store, status: str | None = None) -> dict[str, dict[str, Any]]:
+    """pipeline → its newest run (with ``status``), in one query whatever the history."""
+    grouped = select(t.runs.c.pipeline, func.max(t.runs.c.seq).label("seq"))
+    if status is not None:
+        grouped = grouped.where(t.runs.c.status == status)
+    newest = grouped.group_by(t.runs.c.pipeline).subquery()
     stmt = select(t.runs).join(newest, t.runs.c.seq == newest.c.seq)
     return {str(r["pipeline"]): r for r in store._read(stmt)}
 
