@@ -435,3 +435,26 @@ def test_expired_session_and_open_redirect(own: tuple[Path, TestClient]) -> None
     assert 'name="next" value="/"' in page
     wrong = client.post("/login", data={"token": "nope"}, follow_redirects=False)
     assert 401 == wrong.status_code
+
+
+
+def test_overview_flags_stale_code_and_lists_failures_first(tmp_path: Path, ran: Path) -> None:
+    """After an SQL edit the pipeline is stale; one whose last run failed comes first."""
+    root = tmp_path / "proj"
+    shutil.copytree(ran, root)
+    path = root / "pipelines/shop.yaml"
+    path.write_text(path.read_text().replace("amount >= ", "amount > "))
+    write(root / "pipelines/zz.yaml", """
+        name: zz_broken
+        steps:
+          - id: raw
+            source: {type: files, path: missing/*.csv}
+          - id: out
+            publish: {input: raw, dataset: broken}
+        """)
+    with hw.Project(root) as project:
+        assert not project.run("zz_broken").ok
+    for client in _client(root):
+        listed = client.get("/api/pipelines").json()
+        assert [("zz_broken", "failed", False), ("shop", "succeeded", True)] == [
+            (p["name"], p["last_run"]["status"], p["stale"]) for p in listed]
