@@ -197,8 +197,15 @@ def test_page_errors_are_pages_with_the_cause(client: TestClient) -> None:
     missing = client.get("/runs/no-such-run")
     assert 404 == missing.status_code
     assert "no run &#39;no-such-run&#39;" in missing.text
-    assert 422 == client.get("/datasets/shop?version=2026-01-01").status_code
+    bad = client.get("/datasets/shop?version=2026-01-01")
+    assert 422 == bad.status_code
+    assert "expected a positive number, not &#39;2026-01-01&#39;" in bad.text
     assert 404 == client.get("/datasets/..%2F..%2Fetc").status_code
+    nowhere = client.get("/no/such/page")
+    assert (404, "text/html") == (nowhere.status_code,
+                                  nowhere.headers["content-type"].split(";")[0])
+    assert 404 == client.get("/api/no/such").status_code
+    assert "application/json" == client.get("/api/no/such").headers["content-type"]
 
 
 def test_docs_and_assets_are_served_from_the_package(client: TestClient) -> None:

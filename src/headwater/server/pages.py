@@ -326,6 +326,25 @@ def include_pages(app: FastAPI, ctx: Context) -> None:
         return await pages.page(request, "lineage.html", pages.lineage, name, _int(version))
 
     _auth_routes(app, pages)
+    _html_errors(app, pages)
+
+
+def _html_errors(app: FastAPI, pages: Pages) -> None:
+    """A page address that fails (unknown page, bad query value) answers a page, not JSON."""
+    from fastapi.exception_handlers import http_exception_handler
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def html_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith(("/api", "/static", "/metrics")):
+            return await http_exception_handler(request, exc)
+        who = pages.who(request) or Identity("viewer", "anonymous", "open", "")
+        title = "Not found" if exc.status_code == 404 else "Cannot show this"
+        message = exc.detail if isinstance(exc.detail, str) else "the request was refused"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"there is no page at {request.url.path}"
+        return pages.render(request, who, "error.html", exc.status_code, title=title,
+                            message=message)
 
 
 def _auth_routes(app: FastAPI, pages: Pages) -> None:
