@@ -56,7 +56,7 @@ demo: install
 	$(HEADWATER) datasets --project $(DEMO_DIR)
 	@echo
 	@echo "Start the server (triggers, runner, API):  $(HEADWATER) serve --project $(DEMO_DIR)"
-	@echo "         then http://127.0.0.1:8765/api/docs (the web UI is not built yet)"
+	@echo "         then open http://127.0.0.1:8765/ (the web UI; the API docs are at /api/docs)"
 
 # ---------------------------------------------------------------------------- checks
 
@@ -78,10 +78,9 @@ typecheck: $(PY)
 pytest: $(PY)
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
+# `all` includes Debian's chromium for the browser tests (pytest -m browser).
 services:
 	bash scripts/start-services.sh all
-# Browser tests will need Chromium (Debian chromium + chromium-driver). When they exist:
-#	scripts/start-services.sh chromium
 
 stop-azurite:
 	bash scripts/start-services.sh stop-azurite

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Start what headwater's tests need on loopback, unless it already answers.
 #
-#   scripts/start-services.sh            Azurite (blob) + the machine's services
+#   scripts/start-services.sh            Azurite (blob) + the machine's services + chromium
 #   scripts/start-services.sh azurite    Azurite only
 #   scripts/start-services.sh services   PostgreSQL, MariaDB, Redis, RabbitMQ, Mosquitto, NATS
+#   scripts/start-services.sh chromium   Debian's chromium, for the browser tests
 #   scripts/start-services.sh stop-azurite   stop the Azurite this script started
 #
 # Every service is checked by its port first, so a running one is never touched. A missing
@@ -174,19 +175,24 @@ stop_azurite() {
     rm -f "$pidfile"
 }
 
-# Chromium for the browser tests (pytest -m browser) is not needed yet. When it is:
-# ensure_chromium() {
-#     have chromium || apt_install chromium chromium-driver \
-#         || warn "chromium missing; the browser tests will fail"
-# }
+# Chromium for the browser tests (pytest -m browser): Playwright drives Debian's build, never
+# a browser of its own download (there is no network for that here).
+ensure_chromium() {
+    if have chromium; then
+        say "chromium is installed ($(command -v chromium))"
+        return 0
+    fi
+    apt_install chromium || warn "chromium missing; the browser tests (pytest -m browser) will fail"
+}
 
 main() {
     case "${1:-all}" in
-        all) ensure_azurite; ensure_services ;;
+        all) ensure_azurite; ensure_services; ensure_chromium ;;
         azurite) ensure_azurite ;;
         services) ensure_services ;;
+        chromium) ensure_chromium ;;
         stop-azurite) stop_azurite ;;
-        *) echo "usage: $0 [all|azurite|services|stop-azurite]" >&2; exit 2 ;;
+        *) echo "usage: $0 [all|azurite|services|chromium|stop-azurite]" >&2; exit 2 ;;
     esac
 }
 

@@ -38,13 +38,26 @@ def check_project(runtime: ProjectRuntime) -> list[dict[str, Any]]:
                                             "message": error.message}])
     published = _published_datasets(pipelines)
     for pf in pipelines.values():
-        try:
-            plan(pf, runtime.root)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-        problems.extend(_references(runtime, pf, published))
-        problems.extend(_triggers(runtime, pf))
+        problems.extend(check_pipeline(runtime, pf, published))
     return problems
+
+
+def check_pipeline(runtime: ProjectRuntime, pf: PipelineFile,
+                   published: set[str]) -> list[dict[str, Any]]:
+    """The checks of one parsed pipeline (the builder runs them before it writes a file)."""
+    problems: list[dict[str, Any]] = []
+    try:
+        plan(pf, runtime.root)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    problems.extend(_references(runtime, pf, published))
+    problems.extend(_triggers(runtime, pf))
+    return problems
+
+
+def published_datasets(pipelines: dict[str, PipelineFile]) -> set[str]:
+    """Every dataset some pipeline of the project publishes."""
+    return _published_datasets(pipelines)
 
 
 def _published_datasets(pipelines: dict[str, PipelineFile]) -> set[str]:

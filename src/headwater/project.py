@@ -109,6 +109,33 @@ def coerce_params(declared: Mapping[str, Any], given: Mapping[str, Any],
     return out
 
 
+def create_rerun(runtime: ProjectRuntime, run_id: str, *, from_failed: bool = False,
+                 status: str = "queued") -> str:
+    """Record a run of ``run_id`` again (same params and window); returns the new id.
+
+    ``from_failed`` reuses the steps that succeeded. ``rerun`` executes it here; the
+    server queues it (``status="queued"``) for its dispatcher.
+    """
+    old = runtime.store.run(run_id)
+    reuse: list[str] | None = None
+    if from_failed:
+        if old["status"] == "succeeded":
+            raise HeadwaterError(f"run {old['id']} succeeded; there is no failed step to "
+                                 "rerun from (use 'headwater rerun' without --from-failed)")
+        if old["status"] in ("queued", "running"):
+            raise HeadwaterError(f"run {old['id']} is still {old['status']}; rerun it from "
+                                 "its failed step once it has finished")
+        reuse = list(runtime.store.succeeded_outputs(old["id"]))
+    return runtime.store.create_run(
+        old["pipeline"], trigger="rerun",
+        trigger_info={"rerun_of": old["id"], "original_trigger": old["trigger"],
+                      **(old["trigger_info"] or {})},
+        params=old["params"], parent_run_id=old["id"],
+        from_step=old["failed_step"] if from_failed else None, reuse_steps=reuse,
+        window=(old["window_start"], old["window_end"]) if old["window_start"] else None,
+        status=status)
+
+
 class Project:
     """A headwater project folder: run pipelines, read datasets, inspect runs."""
 
@@ -204,22 +231,7 @@ class Project:
 
     def prepare_rerun(self, run_id: str, *, from_failed: bool = False) -> str:
         """Create (``running``, here) the run that reruns ``run_id``; returns its id."""
-        old = self.runtime.store.run(run_id)
-        reuse: list[str] | None = None
-        if from_failed:
-            if old["status"] == "succeeded":
-                raise HeadwaterError(f"run {old['id']} succeeded; there is no failed step to "
-                                     "rerun from (use 'headwater rerun' without --from-failed)")
-            reuse = list(self.runtime.store.succeeded_outputs(old["id"]))
-        new_id = self.runtime.store.create_run(
-            old["pipeline"], trigger="rerun",
-            trigger_info={"rerun_of": old["id"], "original_trigger": old["trigger"],
-                          **(old["trigger_info"] or {})},
-            params=old["params"], parent_run_id=old["id"],
-            from_step=old["failed_step"] if from_failed else None, reuse_steps=reuse,
-            window=(old["window_start"], old["window_end"]) if old["window_start"] else None,
-            status="running")
-        return new_id
+        return create_rerun(self.runtime, run_id, from_failed=from_failed, status="running")
 
     def cancel(self, run_id: str) -> str:
         """Ask a run to stop; returns the resulting state (cancelled / cancelling / ...)."""

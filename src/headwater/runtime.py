@@ -109,6 +109,11 @@ class ProjectRuntime:
             self._pipelines, self._problems = self.load_pipelines()
         return self._pipelines
 
+    def forget_pipelines(self) -> None:
+        """Read the pipeline files again on next use (the builder wrote one)."""
+        self._pipelines = None
+        self._problems = []
+
     def pipeline(self, name: str) -> PipelineFile:
         pipelines = self.pipelines
         if name in pipelines:

@@ -380,7 +380,7 @@ def serve(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "
         options.worker = worker
 
     def announce() -> None:  # once the port is bound and the project loaded
-        sys.stderr.write(f"headwater serving on http://{host}:{port} (API at /api, "
+        sys.stderr.write(f"headwater serving on http://{host}:{port} (web UI at /, API at /api, "
                          f"metrics at /metrics); Ctrl-C to stop\n")
 
     options.on_ready = announce
@@ -481,6 +481,44 @@ def backfill(pipeline: str,
             sys.stdout.write(f"  {run_id} {status}\n")
     if any(s != "succeeded" for s in result["statuses"].values()):
         raise typer.Exit(1)
+
+
+token_app = typer.Typer(no_args_is_help=True, help="API and UI tokens.")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+@handled
+def token_create(role: Annotated[str, typer.Option(help="viewer (read) or operator (also run, "
+                                                       "cancel, toggle, edit).")] = "viewer",
+                 name: Annotated[str | None, typer.Option(help="A note: whose it is.")] = None,
+                 days: Annotated[float | None, typer.Option(help="Expire after this many "
+                                                             "days.")] = None,
+                 project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Make a token (shown once; the store keeps only its hash)."""
+    from headwater.store.access import create_token
+
+    made = create_token(_project(project).runtime.store, role, name=name, days=days)
+    expires = made.expires_at.isoformat() if made.expires_at else None
+    if json_:
+        print_json({"id": made.id, "token": made.token, "role": made.role, "expires_at": expires})
+        return
+    sys.stdout.write(f"{made.token}\n")
+    sys.stderr.write(f"{made.role} token {made.id} created"
+                     + (f", expires {expires}" if expires else "")
+                     + "; it is shown only now. Use it as 'Authorization: Bearer <token>' or "
+                       "log in with it at /login.\n")
+
+
+@token_app.command("revoke")
+@handled
+def token_revoke(token_id: str, project: ProjectOpt = None) -> None:
+    """Revoke a token by the id 'token create' printed."""
+    from headwater.store.access import revoke_token
+
+    if not revoke_token(_project(project).runtime.store, token_id):
+        _fail(f"no token {token_id!r}", 2)
+    sys.stdout.write(f"token {token_id} revoked\n")
 
 
 def take_env_option(args: list[str], environ: Any) -> list[str]:

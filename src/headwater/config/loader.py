@@ -90,6 +90,11 @@ def read_yaml(path: Path, display: str) -> tuple[Any, _Lines]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise _error(display, None, "", f"is not UTF-8 text ({exc.reason})") from exc
+    return read_yaml_text(text, display)
+
+
+def read_yaml_text(text: str, display: str) -> tuple[Any, _Lines]:
+    """Parse YAML text as if read from ``display`` (the builder checks before it writes)."""
     try:
         loader = _LOADER(text)
         try:

@@ -11,33 +11,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from headwater.datasets import delta
+from headwater.datasets.preview import version_relation
 from headwater.exceptions import HeadwaterError
 from headwater.sqltext import ident as quote
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from headwater.datasets.dataset import Dataset
-
-
-def _relation(ds: Dataset, version: int) -> tuple[str, pa.Schema]:
-    table = ds._table(version)
-    files = delta.data_files(table)
-    schema = delta.arrow_schema(table)
-    if not files:
-        cols = ", ".join(f"NULL AS {quote(f.name)}" for f in schema) or "NULL AS _empty"
-        return f"SELECT {cols} LIMIT 0", schema
-    listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    hive = "true" if delta.partition_columns(table) else "false"
-    return (f"SELECT * FROM read_parquet([{listing}], union_by_name=true, "
-            f"hive_partitioning={hive})", schema)
 
 
 def diff_versions(ds: Dataset, a: int, b: int) -> dict[str, Any]:
     import duckdb
 
-    rel_a, schema_a = _relation(ds, a)
-    rel_b, schema_b = _relation(ds, b)
+    rel_a, schema_a = version_relation(ds, a)
+    rel_b, schema_b = version_relation(ds, b)
     cols_a, cols_b = schema_a.names, schema_b.names
     common = [c for c in cols_b if c in cols_a]
     retyped = [c for c in common if schema_a.field(c).type != schema_b.field(c).type]

@@ -157,10 +157,11 @@ class Server:
         from headwater.server.app import create_app
 
         host = self.options.host
-        if host not in LOOPBACK and not self.runtime.auth_tokens():
+        if host not in LOOPBACK and not await asyncio.to_thread(_has_auth, self.runtime):
             raise HeadwaterError(
-                f"refusing to serve on {host} without auth: add 'auth: {{tokens: ...}}' to "
-                "headwater.yaml, or serve on 127.0.0.1")
+                f"refusing to serve on {host} without auth: run 'headwater token create "
+                "--role operator' (or add 'auth: {tokens: ...}' to headwater.yaml), or serve "
+                "on 127.0.0.1")
         config = uvicorn.Config(create_app(self), host=host, port=self.options.port,
                                 log_level="warning", lifespan="off", access_log=False)
         sock = _bind(host, self.options.port)
@@ -336,6 +337,13 @@ class Server:
                 metrics.TRIGGER_ERRORS.labels(armed.pipeline, armed.kind).set(1)
             else:
                 metrics.TRIGGER_ERRORS.labels(armed.pipeline, armed.kind).set(0)
+
+
+def _has_auth(runtime: ProjectRuntime) -> bool:
+    """Tokens in headwater.yaml or made with 'headwater token create'."""
+    from headwater.store.access import has_tokens
+
+    return bool(runtime.auth_tokens()) or has_tokens(runtime.store)
 
 
 def _incremental(runtime: ProjectRuntime, pipeline: str) -> bool:

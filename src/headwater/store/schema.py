@@ -206,3 +206,29 @@ run_locks = Table(
     Column("run_id", String(40), nullable=False),
     Column("acquired_at", DateTime(timezone=True), nullable=False),
 )
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("name", String(200), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+"""Tokens of ``headwater token create``: only a SHA-256 of each is kept."""
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(400), nullable=False),
+    Column("detail", JSON, nullable=True),
+    Index("ix_audit_log_ts", "ts"),
+)
+"""Every state-changing request of the API and the UI: who did what to what."""
