@@ -143,13 +143,19 @@ def _check_connections(proj: Any, problems: list[dict[str, Any]], json_: bool) -
 
 
 @app.command()
-def schema(kind: Annotated[str, typer.Argument(help="pipeline or project")] = "pipeline",
-           ) -> None:
-    """Print the JSON Schema of pipeline (or project) files, for editors."""
+def schema(kind: Annotated[str, typer.Argument(help="pipeline, project or reference")]
+           = "pipeline") -> None:
+    """Print the JSON Schema of pipeline (or project) files, for editors; 'reference' prints
+    docs/reference.md (every YAML key and command) as Markdown."""
     from headwater.config.schema import render
 
+    if kind == "reference":
+        from headwater.cli.reference import render as render_reference
+
+        sys.stdout.write(render_reference())
+        return
     if kind not in ("pipeline", "project"):
-        _fail("schema kind must be 'pipeline' or 'project'", 2)
+        _fail("schema kind must be 'pipeline', 'project' or 'reference'", 2)
     sys.stdout.write(render(kind))
 
 
