@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -274,15 +275,45 @@ def publish_rejected(project: ProjectRuntime, run: Mapping[str, Any], code_versi
     import duckdb
 
     name = rejected_dataset(str(run["pipeline"]))
-    listing = ", ".join(sql_string(p) for p in paths)
-    columns = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in REJECTED_COLUMNS)
-    with duckdb.connect() as con:
-        reader = con.sql(f"SELECT {columns} FROM read_parquet([{listing}], union_by_name=true)"
-                         ).to_arrow_reader(BATCH_ROWS)
-        facts = VersionFacts(run_id=str(run["id"]), pipeline=str(run["pipeline"]),
-                             step_id=f"{step_id}:rejected", code_version=code_version,
-                             trigger=str(run.get("trigger", "manual")), mode="append",
-                             state=dict(state or {}))
-        publish_reader(project.store, name, project.dataset_uri(name), reader, facts,
-                       evolve=False)
+    # Several publish steps of one run see the same quarantine spills (and run in
+    # parallel): each spill is committed once per run, whichever step gets there first.
+    with _rejected_lock(str(run["id"])):
+        todo = [p for p in paths
+                if p not in _committed_spills(project, name, str(run["id"]))]
+        if not todo:
+            if state:  # the spills are in already: the state may advance on its own now
+                from headwater.steps.base import split_state_key
+
+                project.store.put_state(str(run["pipeline"]), {
+                    split_state_key(k): v for k, v in state.items()}, str(run["id"]))
+            return list(paths)
+        listing = ", ".join(sql_string(p) for p in todo)
+        columns = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in REJECTED_COLUMNS)
+        with duckdb.connect() as con:
+            reader = con.sql(f"SELECT {columns} FROM read_parquet([{listing}], "
+                             "union_by_name=true)").to_arrow_reader(BATCH_ROWS)
+            facts = VersionFacts(run_id=str(run["id"]), pipeline=str(run["pipeline"]),
+                                 step_id=f"{step_id}:rejected", code_version=code_version,
+                                 trigger=str(run.get("trigger", "manual")), mode="append",
+                                 state=dict(state or {}),
+                                 sources=[{"type": "quarantine", "path": p} for p in todo])
+            publish_reader(project.store, name, project.dataset_uri(name), reader, facts,
+                           evolve=False)
     return list(paths)
+
+
+_LOCKS_GUARD = threading.Lock()
+_RUN_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _rejected_lock(run_id: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _RUN_LOCKS.setdefault(run_id, threading.Lock())
+
+
+def _committed_spills(project: ProjectRuntime, dataset: str, run_id: str) -> set[str]:
+    """Quarantine spills this run already committed to ``dataset`` (from the store, which
+    publish repairs from the Delta log before it reads)."""
+    return {str(source.get("path")) for record in project.store.versions_by_run(run_id)
+            if record["dataset"] == dataset
+            for source in record.get("sources") or [] if source.get("type") == "quarantine"}
