@@ -43,7 +43,7 @@ class Served:
             env={**os.environ, "HEADWATER_HEARTBEAT_SECONDS": "0.5",
                  "HEADWATER_LEASE_SECONDS": "3", **(env or {})})
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 30
+        deadline = time.time() + 90  # a loaded 2-core machine has taken 20 s to start one
         while time.time() < deadline:
             try:
                 if httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200:

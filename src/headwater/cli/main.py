@@ -159,6 +159,50 @@ def schema(kind: Annotated[str, typer.Argument(help="pipeline, project or refere
     sys.stdout.write(render(kind))
 
 
+@app.command()
+@handled
+def plan(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """What 'deploy' would change in the environment's store (--env); exit 3 if anything."""
+    from headwater.deploy import plan as plan_changes
+
+    proj = _project(project)
+    changes = plan_changes(proj.runtime)
+    env = proj.runtime.env or "(no environment)"
+    if json_:
+        print_json({"env": proj.runtime.env, "changes": [c.__dict__ for c in changes]})
+    else:
+        sys.stdout.write(f"plan for {env}:\n")
+        for change in changes:
+            sys.stdout.write(f"  {change.describe()}\n")
+        sys.stdout.write(f"{len(changes)} change(s)" + (
+            f"; 'headwater deploy{_env_flag(proj)}' applies them\n" if changes
+            else ": nothing would change\n"))
+    if changes:
+        raise typer.Exit(3)
+
+
+@app.command()
+@handled
+def deploy(project: ProjectOpt = None, json_: JsonOpt = False) -> None:
+    """Record the project's pipelines as deployed (--env); running servers reload them."""
+    from headwater.deploy import deploy as deploy_project
+
+    proj = _project(project)
+    changes, deployment = deploy_project(proj.runtime)
+    if json_:
+        print_json({"env": proj.runtime.env, "deployment": deployment,
+                    "changes": [c.__dict__ for c in changes]})
+        return
+    for change in changes:
+        sys.stdout.write(f"  {change.describe()}\n")
+    sys.stdout.write(f"deployed {len(changes)} change(s) as deployment {deployment}\n"
+                     if changes else "nothing to deploy: the store already has this code\n")
+
+
+def _env_flag(proj: Any) -> str:
+    return f" --env {proj.runtime.env}" if proj.runtime.env else ""
+
+
 def _register_test_command() -> None:
     from headwater.cli.pipeline_tests import test_command
 

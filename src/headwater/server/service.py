@@ -31,6 +31,7 @@ from headwater.runtime import ProjectRuntime
 from headwater.server import metrics
 from headwater.server.waiter import callback_base, run_waiter
 from headwater.store import queue
+from headwater.store.deployments import latest_id
 from headwater.triggers.base import Fire, TriggerStatus
 from headwater.triggers.registry import ArmedTrigger, arm_all
 
@@ -72,6 +73,9 @@ class Server:
         self.stopping = asyncio.Event()
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._trigger_tasks: list[asyncio.Task[Any]] = []
+        self._deployment = 0
+        """The newest deployment seen in the store; a newer one reloads the pipelines."""
         self._events: dict[str, datetime] = {}
         """run id → when the event that queued it happened (event → start latency)."""
         self._disabled: set[tuple[str, int]] = set()
@@ -96,11 +100,8 @@ class Server:
         if resumed:
             log.warning("queued %d interrupted run(s) again: %s", len(resumed),
                         ", ".join(resumed))
-        if self.options.triggers:
-            self.triggers = arm_all(self)
-            for armed in self.triggers:
-                self._tasks.append(asyncio.create_task(armed.run(self.emit),
-                                                       name=f"trigger {armed.name}"))
+        self._deployment = await asyncio.to_thread(latest_id, self.store)
+        self._arm_triggers()
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatcher"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(run_waiter(self), name="waiter"))
@@ -109,6 +110,32 @@ class Server:
         await self.stopping.wait()
         await self._shutdown(api)
 
+    def _arm_triggers(self) -> None:
+        if not self.options.triggers:
+            return
+        self.triggers = arm_all(self)
+        self._trigger_tasks = [asyncio.create_task(armed.run(self.emit),
+                                                   name=f"trigger {armed.name}")
+                               for armed in self.triggers]
+
+    async def reload(self) -> None:
+        """Read the pipeline files again and re-arm every trigger, without a restart.
+
+        A ``headwater deploy`` to this server's store is the cue (``_housekeeping``
+        notices a newer deployment); runs in flight keep the pipeline they started with.
+        """
+        for task in self._trigger_tasks:
+            task.cancel()
+        for task in self._trigger_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._trigger_tasks = []
+        self.runtime.forget_pipelines()
+        self._saved_states.clear()
+        self._arm_triggers()
+        log.info("reloaded pipelines after a deploy: %d pipelines, %d triggers",
+                 len(self.runtime.pipelines), len(self.triggers))
+
     def stop(self) -> None:
         """Begin a graceful shutdown (SIGTERM/SIGINT land here)."""
         if not self.stopping.is_set():
@@ -116,6 +143,7 @@ class Server:
             self.stopping.set()
 
     async def _shutdown(self, api: Any) -> None:
+        self._tasks.extend(self._trigger_tasks)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -311,6 +339,10 @@ class Server:
         while not self.stopping.is_set():
             try:
                 await asyncio.to_thread(self._housekeep_once)
+                deployment = await asyncio.to_thread(latest_id, self.store)
+                if deployment != self._deployment:
+                    self._deployment = deployment
+                    await self.reload()
             except HeadwaterError as exc:
                 log.error("housekeeping: %s", exc.message)
             await asyncio.sleep(2.0)

@@ -232,3 +232,18 @@ audit_log = Table(
     Index("ix_audit_log_ts", "ts"),
 )
 """Every state-changing request of the API and the UI: who did what to what."""
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pipeline", String(200), nullable=False),
+    Column("env", String(100), nullable=True),
+    Column("code_version", String(64), nullable=True),
+    Column("files", JSON, nullable=False),
+    Column("triggers", JSON, nullable=False),
+    Column("removed", Boolean, nullable=False, default=False),
+    Column("deployed_at", DateTime(timezone=True), nullable=False),
+    Index("ix_deployments_pipeline", "pipeline", "id"),
+)
+"""What ``headwater deploy`` recorded: one row per pipeline per deploy (newest wins)."""

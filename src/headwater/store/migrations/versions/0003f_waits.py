@@ -1,7 +1,7 @@
 """waits: parked http steps (poll and callback) that survive a server restart
 
 Revision ID: 0003f
-Revises: 0002
+Revises: 0003a
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """API tokens (stored hashed) and the audit log of operator actions
 
 Revision ID: 0003h
-Revises: 0002
+Revises: 0003f
 """
 
 from __future__ import annotations
