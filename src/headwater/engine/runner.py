@@ -203,7 +203,10 @@ class RunEngine:
 
     def _template_vars(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
         run = self.run
-        params = {**self.project.config.params, **defaults, **(run["params"] or {})}
+        from headwater.config.params import run_params
+
+        params = run_params(self.project.config.params, defaults, run["params"] or {},
+                            self.project.root)
         info = dict(run["trigger_info"] or {})
         window = {
             "start": run["window_start"].isoformat() if run["window_start"] else None,

@@ -9,14 +9,18 @@ Webhook triggers authenticate with their own token instead.
 from __future__ import annotations
 
 import hmac
+import math
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from headwater.config.secrets import REDACTOR, resolve
 from headwater.exceptions import HeadwaterError, NotFoundError
 from headwater.project import coerce_params
+from headwater.server.guard import MAX_BODY, RequestGuard, allowed_hosts, read_capped
+from headwater.server.webhook import BadBody, parse_params
 from headwater.store import queue
 
 if TYPE_CHECKING:
@@ -31,9 +35,12 @@ def _bearer(authorization: str | None) -> str | None:
 
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="headwater", version="0.1.0", openapi_url="/api/openapi.json",
-                  docs_url="/api/docs", redoc_url=None)
+                  docs_url="/api/docs", redoc_url=None, default_response_class=SafeJSONResponse)
     runtime = server.runtime
     store = server.store
+    app.add_middleware(RequestGuard, hosts=allowed_hosts(server.options.host),
+                       auth_enabled=lambda: bool(runtime.config.auth and
+                                                 runtime.config.auth.tokens))
 
     def role(authorization: str | None = Header(default=None)) -> str:
         tokens = runtime.auth_tokens()
@@ -65,30 +72,38 @@ def create_app(server: Server) -> FastAPI:
                 "started_at": server.started_at.isoformat()}
 
     @app.post("/api/pipelines/{name}/trigger", status_code=202)
-    def webhook(name: str, authorization: str | None = Header(default=None),
-                body: dict[str, Any] | None = Body(default=None),
-                idempotency_key: str | None = Header(default=None)) -> dict[str, Any]:
-        try:
-            pf = runtime.pipeline(name)
-        except HeadwaterError:
-            raise HTTPException(404, f"no pipeline {name!r}") from None
+    async def webhook(name: str, request: Request,
+                      authorization: str | None = Header(default=None),
+                      idempotency_key: str | None = Header(default=None)) -> dict[str, Any]:
+        """Queue a run. The token is checked before the body is read (capped at 1 MiB);
+        an ``Idempotency-Key`` header makes a replay of the same request queue nothing."""
+        pf = await run_in_threadpool(_webhook_pipeline, name)
         tokens = [resolve(t.webhook.token, runtime.root) for t in pf.config.triggers
                   if t.webhook is not None]
         given = _bearer(authorization)
         if not tokens or given is None or not any(
                 hmac.compare_digest(given, token) for token in tokens):
             raise HTTPException(401, "missing or wrong bearer token for this webhook")
-        raw = (body or {}).get("params", body or {})
-        if not isinstance(raw, dict):
-            raise HTTPException(422, "params must be a JSON object")
+        raw = await read_capped(request.receive)
+        if raw is None:
+            raise HTTPException(413, f"request body larger than {MAX_BODY} bytes")
         try:
-            params = coerce_params(pf.config.params, raw, name)
+            params = coerce_params(pf.config.params, parse_params(raw), name)
+        except BadBody as exc:
+            raise HTTPException(exc.status, exc.detail) from None
         except HeadwaterError as exc:
-            raise HTTPException(422, exc.message) from None
+            raise HTTPException(422, REDACTOR(exc.message)) from None
         key = f"webhook:{name}:{idempotency_key}" if idempotency_key else None
-        run_id = server.queue_run(name, kind="webhook", info={"webhook": True},
-                                  params=params, dedupe_key=key)
+        run_id = await run_in_threadpool(
+            lambda: server.queue_run(name, kind="webhook", info={"webhook": True},
+                                     params=params, dedupe_key=key))
         return {"run_id": run_id, "status": "queued" if run_id else "duplicate"}
+
+    def _webhook_pipeline(name: str) -> Any:
+        try:
+            return runtime.pipeline(name)
+        except HeadwaterError:
+            raise HTTPException(404, f"no pipeline {name!r}") from None
 
     @app.get("/api/runs", dependencies=[Depends(role)])
     def runs(pipeline: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -128,6 +143,24 @@ def create_app(server: Server) -> FastAPI:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that never fails on a float: NaN and ±Infinity (a stored param, a statistic)
+    become null, so one odd value cannot turn an endpoint into a 500 forever."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(_finite(content))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import duckdb
 
 from headwater.config.models import SqlStep
+from headwater.config.templates import render_sql
 from headwater.engine.plan import sql_text
 from headwater.exceptions import StepError
 from headwater.steps.base import StepContext, StepOutput, register
@@ -20,7 +21,8 @@ from headwater.steps.spill import spill
 @register("sql")
 def run_sql(ctx: StepContext, step: SqlStep) -> StepOutput:
     try:
-        query = ctx.render(sql_text(step, ctx.project.root)).strip().rstrip(";")
+        query = render_sql(sql_text(step, ctx.project.root), ctx.template_vars)
+        query = query.strip().rstrip(";")
     except ValueError as exc:
         raise StepError(str(exc)) from None
     con = ctx.cursor()
