@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hmac
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -60,6 +62,12 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(NotFoundError)
     async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse({"detail": REDACTOR(exc.message)}, status_code=404)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes the input, which fails on non-UTF-8 bytes (a 500)
+        return JSONResponse({"detail": [_validation_problem(e) for e in exc.errors()]},
+                            status_code=422)
 
     @app.exception_handler(HeadwaterError)
     async def headwater_error(_request: Request, exc: HeadwaterError) -> JSONResponse:
@@ -143,6 +151,12 @@ def create_app(server: Server) -> FastAPI:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _validation_problem(error: Mapping[str, Any]) -> dict[str, Any]:
+    """Where and what, without the offending input (bytes, or a secret in a body)."""
+    return {"loc": [str(part) for part in error.get("loc", ())],
+            "msg": REDACTOR(str(error.get("msg", ""))), "type": str(error.get("type", ""))}
 
 
 class SafeJSONResponse(JSONResponse):
