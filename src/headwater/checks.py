@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from headwater.config.loader import PROJECT_FILE, PipelineFile
@@ -41,7 +42,31 @@ def check_project(runtime: ProjectRuntime) -> list[dict[str, Any]]:
             problems.extend(exc.problems)
         problems.extend(_references(runtime, pf, published))
         problems.extend(_triggers(runtime, pf))
+    problems.extend(_unset_references(runtime.root))
     return problems
+
+
+def _unset_references(root: Path) -> list[dict[str, Any]]:
+    """Warnings (not errors: CI checks a project without its secrets) for ``${env:X}`` that
+    is unset and ``${file:P}`` that cannot be read here; a run needing them would fail."""
+    from headwater.config.secrets import references, remember_all
+
+    files = [root / PROJECT_FILE, *sorted((root / "pipelines").glob("*.y*ml"))]
+    found = []
+    for path in files:
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for number, line in enumerate(lines, start=1):
+            for kind, name in references(line):
+                if remember_all([f"${{{kind}:{name}}}"], root):
+                    what = "environment variable is not set" if kind == "env" else \
+                        "secret file cannot be read"
+                    found.append({"file": str(path.relative_to(root)), "line": number,
+                                  "key": f"${{{kind}:{name}}}", "level": "warning",
+                                  "message": f"{what}: {name} (runs that need it will fail)"})
+    return found
 
 
 def _published_datasets(pipelines: dict[str, PipelineFile]) -> set[str]:

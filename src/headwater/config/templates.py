@@ -22,7 +22,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import ChainableUndefined, StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from headwater.sqltext import ident
@@ -107,11 +107,12 @@ def _filters(env: SandboxedEnvironment) -> SandboxedEnvironment:
     return env
 
 
-@lru_cache(maxsize=3)
+@lru_cache(maxsize=4)
 def _environment(mode: str = "text") -> SandboxedEnvironment:
     finalize: Callable[[Any], Any] | None = {
-        "sql": _finalize_sql, "shell": _finalize_shell}.get(mode)
-    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
+        "sql": _finalize_sql, "shell": _finalize_shell, "plan": _finalize_sql}.get(mode)
+    undefined = ChainableUndefined if mode == "plan" else StrictUndefined
+    env = SandboxedEnvironment(undefined=undefined, autoescape=False,
                                keep_trailing_newline=True, finalize=finalize)
     return _filters(env)
 
@@ -126,6 +127,14 @@ def render_sql(template: str, variables: Mapping[str, Any]) -> str:
     if not is_template(template):
         return template
     return _render(sql_context_filters(template), variables, "sql")
+
+
+def render_sql_for_planning(template: str, variables: Mapping[str, Any]) -> str:
+    """SQL as :func:`render_sql` would give, with unknown names (a run's id, its trigger)
+    as ``''``: enough for the parser to find the tables a step reads."""
+    if not is_template(template):
+        return template
+    return _render(sql_context_filters(template), variables, "plan")
 
 
 def render_shell(template: str, variables: Mapping[str, Any]) -> str:
