@@ -38,7 +38,8 @@ def test_python_failure_names_file_line_and_logs_traceback_and_prints(
         make_project: ProjectFactory) -> None:
     """A transform's ZeroDivisionError: the run error names ``transforms/enrich.py:11``;
     the log holds the traceback through the user's frames and what the code printed."""
-    root = make_project({"py": PY_PIPELINE}, files={"transforms/enrich.py": TRANSFORM})
+    root = make_project({"py": PY_PIPELINE}, files={"transforms/__init__.py": "",
+                                                   "transforms/enrich.py": TRANSFORM})
     with Project(root) as proj:
         run = proj.run("py")
         logs = proj.logs(run.id)

@@ -187,3 +187,43 @@ def test_command_step_param_is_one_shell_word(make_project: ProjectFactory) -> N
     assert "succeeded" == run.status, run.error
     assert not (root / "PWNED").exists()
     assert "hi; touch PWNED\n" == (root / "said.txt").read_text()
+
+
+def test_sql_steps_cannot_read_outside_the_project(make_project: ProjectFactory,
+                                                   tmp_path: Path) -> None:
+    """A run's DuckDB reads the project, its warehouse and declared sources only:
+    ``read_text`` of a file elsewhere fails the step without its content."""
+    secret = write(tmp_path / "elsewhere/secret.txt", SECRET_FILE_TEXT)
+    root = make_project({"peek": f"""
+    name: peek
+    steps:
+      - id: look
+        sql: SELECT content FROM read_text('{secret}')
+    """})
+    with Project(root) as proj:
+        run = proj.run("peek")
+    assert "failed" == run.status
+    assert "Permission Error" in (run.error or ""), run.error
+    assert "HEADWATER_DUCKDB_ALLOWED" in (run.error or "")
+    assert SECRET_FILE_TEXT not in (run.error or "")
+
+
+def test_confined_database_cannot_be_widened_again(tmp_path: Path) -> None:
+    """The confinement is locked: no SQL can switch external access back on or widen the
+    allowed folders, and a pooled database is only reused under the same confinement."""
+    import duckdb
+
+    from headwater.engine import duckdb_pool
+
+    allowed = (str(tmp_path) + "/",)
+    db = duckdb_pool.acquire(tmp_path / "spill", allowed)
+    for statement in ("SET enable_external_access = true",
+                      "SET allowed_directories = ['/']", "SET lock_configuration = false"):
+        with pytest.raises(duckdb.Error):
+            db.execute(statement)
+    duckdb_pool.release(db)
+    other = duckdb_pool.acquire(tmp_path / "spill", None)
+    assert other is not db
+    assert db is duckdb_pool.acquire(tmp_path / "spill", allowed)
+    duckdb_pool.release(other)
+    duckdb_pool.release(db)

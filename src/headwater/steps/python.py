@@ -42,13 +42,23 @@ def _forget_foreign(module_name: str, root: Path) -> None:
         name = ".".join(parts[:end])
         module = sys.modules.get(name)
         origin = getattr(module, "__file__", None)
+        rel = Path(*name.split("."))
+        if module is not None and origin is None and _foreign_namespace(module, root, rel):
+            sys.modules.pop(name, None)  # ``transforms/`` without __init__.py elsewhere
+            continue
         if module is None or origin is None:
             continue
         path = Path(origin)
-        rel = Path(*name.split("."))
-        ours = (root / rel.with_suffix(".py")).exists() or (root / rel / "__init__.py").exists()
+        ours = (root / rel.with_suffix(".py")).exists() or (root / rel).is_dir()
         if path.is_relative_to(root) or ours or not path.exists():
             sys.modules.pop(name, None)
+
+
+def _foreign_namespace(module: Any, root: Path, rel: Path) -> bool:
+    """A namespace package cached from another project while this one has the folder."""
+    paths = [Path(p) for p in getattr(module, "__path__", None) or []]
+    return bool(paths) and (root / rel).is_dir() and not any(
+        p.is_relative_to(root) for p in paths)
 
 
 def load_function(ref: str, root: Path) -> Callable[..., Any]:
@@ -126,7 +136,8 @@ def _user_error(ctx: StepContext, ref: str, exc: Exception) -> StepError:
                     *traceback.format_exception_only(exc)])
     ctx.log(text.rstrip("\n"), level="error", stream="traceback")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return StepError(f"{ref} raised {type(exc).__name__}{where}" + (f": {first}" if first else ""))
+    return StepError(f"{ref} raised {type(exc).__name__}" + (f": {first}" if first else "")
+                     + (f" ({where.strip()})" if where else ""))
 
 
 @register("python")

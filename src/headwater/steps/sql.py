@@ -46,6 +46,9 @@ def run_sql(ctx: StepContext, step: SqlStep) -> StepOutput:
 def _duckdb_message(exc: Exception) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
+    if "disabled by configuration" in first:
+        first += (" (a run's SQL may read only the project, the warehouse and the paths of "
+                  "its files sources; allow more with HEADWATER_DUCKDB_ALLOWED)")
     return first
 
 
