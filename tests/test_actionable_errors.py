@@ -127,3 +127,23 @@ def test_sql_file_binder_error_names_the_file(make_project: ProjectFactory) -> N
     assert "failed" == run.status
     assert "sql/clean.sql" in (run.error or ""), run.error
     assert "nosuch" in (run.error or "")
+
+
+def test_check_reports_bad_param_declarations(make_project: ProjectFactory) -> None:
+    """An unknown param type gets a did-you-mean; a default that is not of its declared
+    type is named at its line."""
+    root = make_project({"p": """
+    name: p
+    params:
+      n: {type: integr, default: 1}
+      day: {type: date, default: someday}
+    steps:
+      - id: rows
+        sql: SELECT 1 AS n
+    """})
+    with Project(root) as proj:
+        problems = proj.check()
+    assert [("params.n.type", 3), ("params.day.default", 4)] == [
+        (p["key"], p["line"]) for p in problems]
+    assert "did you mean 'int'" in str(problems[0]["message"])
+    assert "param 'day' must be a date" in str(problems[1]["message"])

@@ -42,8 +42,32 @@ def check_project(runtime: ProjectRuntime) -> list[dict[str, Any]]:
             problems.extend(exc.problems)
         problems.extend(_references(runtime, pf, published))
         problems.extend(_triggers(runtime, pf))
+        problems.extend(_param_declarations(pf))
     problems.extend(_unset_references(runtime.root))
     return problems
+
+
+def _param_declarations(pf: PipelineFile) -> list[dict[str, Any]]:
+    """``params: {x: {type: integr}}``: an unknown type, or a default not of its type."""
+    from headwater.config import params as typed
+    from headwater.exceptions import ParamError
+
+    found = []
+    for name, declaration in pf.config.params.items():
+        if not (isinstance(declaration, dict) and "type" in declaration):
+            continue
+        if not typed.is_explicit(declaration):
+            hint = difflib.get_close_matches(str(declaration["type"]), typed.TYPES, n=1)
+            found.append(_problem(pf, ("params", name, "type"), (
+                f"unknown param type {declaration['type']!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else
+                   f" (one of {', '.join(typed.TYPES)})"))))
+            continue
+        try:
+            typed.spec_of(name, declaration)
+        except ParamError as exc:
+            found.append(_problem(pf, ("params", name, "default"), exc.message))
+    return found
 
 
 def _unset_references(root: Path) -> list[dict[str, Any]]:
