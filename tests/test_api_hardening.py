@@ -65,6 +65,7 @@ def test_token_is_checked_before_the_body_and_bodies_are_capped(
     """Without the token even a malformed or huge body is a 401; with it, a body over
     1 MiB is a 413 (announced or streamed), and nothing is queued."""
     assert 401 == http.post(HOOK, content=b"\xff{not json").status_code
+    assert 401 == http.post(HOOK, headers={"Authorization": b"Bearer t\xf6ken"}).status_code
     huge = b'{"params": {"note": "' + b"x" * (2 * 1024 * 1024) + b'"}}'
     assert 413 == http.post(HOOK, headers=AUTH, content=huge).status_code
     assert 413 == http.post(HOOK, headers=AUTH, content=iter([huge[:900_000],

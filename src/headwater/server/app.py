@@ -35,6 +35,12 @@ def _bearer(authorization: str | None) -> str | None:
     return None
 
 
+def _same(given: str, token: str) -> bool:
+    """Constant-time comparison that also takes non-ASCII headers (str compare raises)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                               token.encode("utf-8", "surrogateescape"))
+
+
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="headwater", version="0.1.0", openapi_url="/api/openapi.json",
                   docs_url="/api/docs", redoc_url=None, default_response_class=SafeJSONResponse)
@@ -50,7 +56,7 @@ def create_app(server: Server) -> FastAPI:
             return "operator"
         given = _bearer(authorization)
         for token, token_role in tokens.items():
-            if given is not None and hmac.compare_digest(given, token):
+            if given is not None and _same(given, token):
                 return token_role
         raise HTTPException(401, "missing or wrong bearer token")
 
@@ -79,7 +85,9 @@ def create_app(server: Server) -> FastAPI:
                 "queued": queue.queued_count(store), "triggers": len(server.triggers),
                 "started_at": server.started_at.isoformat()}
 
-    @app.post("/api/pipelines/{name}/trigger", status_code=202)
+    @app.post("/api/pipelines/{name}/trigger", status_code=202, openapi_extra={
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"params": {"type": "object"}}}}}}})
     async def webhook(name: str, request: Request,
                       authorization: str | None = Header(default=None),
                       idempotency_key: str | None = Header(default=None)) -> dict[str, Any]:
@@ -90,7 +98,7 @@ def create_app(server: Server) -> FastAPI:
                   if t.webhook is not None]
         given = _bearer(authorization)
         if not tokens or given is None or not any(
-                hmac.compare_digest(given, token) for token in tokens):
+                _same(given, token) for token in tokens):
             raise HTTPException(401, "missing or wrong bearer token for this webhook")
         raw = await read_capped(request.receive)
         if raw is None:
