@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from headwater.config.params import specs
@@ -227,3 +230,24 @@ def test_confined_database_cannot_be_widened_again(tmp_path: Path) -> None:
     assert db is duckdb_pool.acquire(tmp_path / "spill", allowed)
     duckdb_pool.release(other)
     duckdb_pool.release(db)
+
+
+TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=st.one_of(TEXT, st.integers(-2**63, 2**63 - 1),
+                       st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+                       st.dates(), st.none(), st.lists(TEXT, max_size=3)))
+def test_any_value_round_trips_through_sql_as_data(value: Any) -> None:
+    """Whatever a param holds, DuckDB reads it back as that one value: rendered bare, inside
+    the template's quotes, or in a comment, it never becomes SQL (hypothesis)."""
+    con = duckdb.connect()
+    variables = {"params": {"v": value}}
+    bare = con.sql(render_sql("SELECT {{ params.v }} AS v -- {{ params.v }}\n, 1 AS one",
+                              variables)).fetchall()
+    assert [(value, 1)] == bare
+    if isinstance(value, str):
+        quoted = con.sql(render_sql("SELECT '{{ params.v }}' AS v /* {{ params.v }} */",
+                                    variables)).fetchall()
+        assert [(value,)] == quoted

@@ -50,7 +50,7 @@ def _literal(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{value!r} cannot be written as a SQL literal")
-        return repr(value)
+        return f"CAST({value!r} AS DOUBLE)"  # a bare 0.1 would be a DECIMAL
     if isinstance(value, datetime):
         kind = "TIMESTAMPTZ" if value.tzinfo is not None else "TIMESTAMP"
         return f"{kind} {quoted_text(value.isoformat())}"
