@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from headwater.config.loader import PROJECT_FILE, PipelineFile
@@ -39,6 +40,7 @@ def check_project(runtime: ProjectRuntime) -> list[dict[str, Any]]:
     published = _published_datasets(pipelines)
     for pf in pipelines.values():
         problems.extend(check_pipeline(runtime, pf, published))
+    problems.extend(_unset_references(runtime.root))
     return problems
 
 
@@ -52,12 +54,59 @@ def check_pipeline(runtime: ProjectRuntime, pf: PipelineFile,
         problems.extend(exc.problems)
     problems.extend(_references(runtime, pf, published))
     problems.extend(_triggers(runtime, pf))
+    problems.extend(_param_declarations(pf))
     return problems
 
 
 def published_datasets(pipelines: dict[str, PipelineFile]) -> set[str]:
     """Every dataset some pipeline of the project publishes."""
     return _published_datasets(pipelines)
+
+
+def _param_declarations(pf: PipelineFile) -> list[dict[str, Any]]:
+    """``params: {x: {type: integr}}``: an unknown type, or a default not of its type."""
+    from headwater.config import params as typed
+    from headwater.exceptions import ParamError
+
+    found = []
+    for name, declaration in pf.config.params.items():
+        if not (isinstance(declaration, dict) and "type" in declaration):
+            continue
+        if not typed.is_explicit(declaration):
+            hint = difflib.get_close_matches(str(declaration["type"]), typed.TYPES, n=1)
+            found.append(_problem(pf, ("params", name, "type"), (
+                f"unknown param type {declaration['type']!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else
+                   f" (one of {', '.join(typed.TYPES)})"))))
+            continue
+        try:
+            typed.spec_of(name, declaration)
+        except ParamError as exc:
+            found.append(_problem(pf, ("params", name, "default"), exc.message))
+    return found
+
+
+def _unset_references(root: Path) -> list[dict[str, Any]]:
+    """Warnings (not errors: CI checks a project without its secrets) for ``${env:X}`` that
+    is unset and ``${file:P}`` that cannot be read here; a run needing them would fail."""
+    from headwater.config.secrets import references, remember_all
+
+    files = [root / PROJECT_FILE, *sorted((root / "pipelines").glob("*.y*ml"))]
+    found = []
+    for path in files:
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for number, line in enumerate(lines, start=1):
+            for kind, name in references(line):
+                if remember_all([f"${{{kind}:{name}}}"], root):
+                    what = "environment variable is not set" if kind == "env" else \
+                        "secret file cannot be read"
+                    found.append({"file": str(path.relative_to(root)), "line": number,
+                                  "key": f"${{{kind}:{name}}}", "level": "warning",
+                                  "message": f"{what}: {name} (runs that need it will fail)"})
+    return found
 
 
 def _published_datasets(pipelines: dict[str, PipelineFile]) -> set[str]:

@@ -4,6 +4,7 @@
 
     HeadwaterError                 base; ``exit_code`` is what the CLI exits with
     ├── ConfigError                a project or pipeline file is wrong (file, line, key)
+    ├── ParamError                 a run param is unknown or not of its declared type
     ├── SourceError                a source could not be read (step, source, cause)
     │   ├── TransientSourceError   worth retrying: a connection refused, a timeout
     │   └── TerminalSourceError    retrying will not help: a malformed file, a 404
@@ -56,6 +57,10 @@ class ConfigError(HeadwaterError):
     @property
     def problems(self) -> list[dict[str, Any]]:
         return list(self.context.get("problems", []))
+
+
+class ParamError(HeadwaterError):
+    """A run param that is unknown or not of its declared type (names param, value, type)."""
 
 
 class SourceError(HeadwaterError):

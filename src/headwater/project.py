@@ -16,7 +16,7 @@ from typing import Any
 from headwater.config.secrets import REDACTOR
 from headwater.datasets.dataset import Dataset
 from headwater.engine.runner import Observer, execute_run
-from headwater.exceptions import HeadwaterError, NotFoundError
+from headwater.exceptions import HeadwaterError, NotFoundError, ParamError
 from headwater.runtime import ProjectRuntime
 
 
@@ -89,23 +89,31 @@ def _run_from(row: Mapping[str, Any], steps: list[dict[str, Any]] | None) -> Run
 
 def coerce_params(declared: Mapping[str, Any], given: Mapping[str, Any],
                   pipeline: str) -> dict[str, Any]:
-    """Check run params against the pipeline's ``params:``; text values become YAML scalars."""
+    """Check run params against the pipeline's ``params:`` and coerce each to its type.
+
+    Returns JSON values for the store (dates as ISO text); raises ``ParamError`` naming the
+    param, the value and the type (the CLI exits 2, the API answers 422).
+    """
     import difflib
 
-    import yaml
+    from headwater.config import params as typed_params
 
+    if not isinstance(given, Mapping):
+        raise ParamError(
+            f"params must be an object of name: value, got {type(given).__name__}")
+    specs = typed_params.specs(declared)
     out: dict[str, Any] = {}
     for key, value in given.items():
-        if key not in declared:
-            hint = difflib.get_close_matches(key, list(declared), n=1)
-            known = ", ".join(sorted(declared)) or "none"
-            raise HeadwaterError(
+        if key not in specs:
+            hint = difflib.get_close_matches(str(key), list(specs), n=1)
+            known = ", ".join(sorted(specs)) or "none"
+            raise ParamError(
                 f"pipeline {pipeline!r} has no param {key!r}"
                 + (f"; did you mean {hint[0]!r}?" if hint else f" (declared: {known})"))
-        if isinstance(value, str):
-            with contextlib.suppress(yaml.YAMLError):
-                value = yaml.safe_load(value) if value.strip() else value
-        out[key] = value
+        spec = specs[key]
+        if isinstance(value, str) and spec.type == "any":
+            value = _number_or_text(value)
+        out[key] = typed_params.to_json(typed_params.coerce_one(spec, value))
     return out
 
 
@@ -134,6 +142,18 @@ def create_rerun(runtime: ProjectRuntime, run_id: str, *, from_failed: bool = Fa
         from_step=old["failed_step"] if from_failed else None, reuse_steps=reuse,
         window=(old["window_start"], old["window_end"]) if old["window_start"] else None,
         status=status)
+
+
+def _number_or_text(value: str) -> Any:
+    """CLI text for a param declared without a type: a number if it reads as one."""
+    import math
+
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            number = kind(value.strip())
+            if math.isfinite(number):
+                return number
+    return value
 
 
 class Project:

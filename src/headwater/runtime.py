@@ -20,7 +20,7 @@ from headwater.config.loader import (
     load_project_config,
 )
 from headwater.config.models import ProjectConfig
-from headwater.config.secrets import resolve_deep
+from headwater.config.secrets import project_texts, remember_all, resolve_deep
 from headwater.exceptions import ConfigError, NotFoundError
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ class ProjectRuntime:
         folder = find_root(Path(root) if root is not None else None)
         env = env or os.environ.get("HEADWATER_ENV") or None
         runtime = cls(root=folder, config=load_project_config(folder, env), env=env)
+        remember_all(project_texts(folder), folder)  # mask every secret, used or not
         _ = runtime.warehouse  # a remote warehouse's credentials are needed by every read
         return runtime
 

@@ -100,18 +100,20 @@ def check(project: ProjectOpt = None, json_: JsonOpt = False,
                                     "authenticated, can read.")] = False) -> None:
     """Validate the project; every error names file, line and key."""
     proj = _project(project)
-    problems = proj.check()
+    found = proj.check()
+    problems = [p for p in found if p.get("level") != "warning"]
     if connections:
         _check_connections(proj, problems, json_)
         return
     if json_:
-        print_json({"ok": not problems, "problems": problems})
-    elif problems:
-        for p in problems:
+        print_json({"ok": not problems, "problems": found})
+    else:
+        for p in found:
             where = f"{p['file']}:{p['line']}" if p.get("line") else p.get("file", "")
             key = f" {p['key']}:" if p.get("key") else ""
-            sys.stderr.write(f"{where}:{key} {p['message']}\n")
-    else:
+            level = " warning:" if p.get("level") == "warning" else ""
+            sys.stderr.write(f"{where}:{level}{key} {p['message']}\n")
+    if not problems and not json_:
         sys.stdout.write(f"ok: {len(proj.pipelines())} pipelines in {proj.root}\n")
     if problems:
         raise typer.Exit(2)

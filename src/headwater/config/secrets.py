@@ -101,3 +101,34 @@ def resolve_deep(value: Any, root: Path | None = None) -> Any:
     if isinstance(value, list):
         return [resolve_deep(v, root) for v in value]
     return value
+
+
+def references(text: str) -> list[tuple[str, str]]:
+    """Every ``(kind, name)`` referenced in ``text``: ``("env", "PG_PASSWORD")``."""
+    return [(m.group(1), m.group(2).strip()) for m in _REF.finditer(text)]
+
+
+def remember_all(texts: list[str], root: Path | None = None) -> list[str]:
+    """Resolve every reference in the project's files now, so its value is masked in this
+    process even where nothing has used it yet (a serve must not print a secret that sits
+    in an unused connection); returns the references that cannot be resolved."""
+    missing: list[str] = []
+    for text in texts:
+        for kind, name in references(text):
+            try:
+                resolve(f"${{{kind}:{name}}}", root)
+            except ConfigError:
+                missing.append(f"${{{kind}:{name}}}")
+    return sorted(set(missing))
+
+
+def project_texts(root: Path) -> list[str]:
+    """The text of headwater.yaml and every pipeline file (where references live)."""
+    files = [root / "headwater.yaml", *sorted((root / "pipelines").glob("*.y*ml"))]
+    texts = []
+    for path in files:
+        try:
+            texts.append(path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+    return texts

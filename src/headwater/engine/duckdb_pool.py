@@ -17,13 +17,27 @@ from typing import Any
 _POOL: list[Any] = []
 _LOCK = threading.Lock()
 MAX_IDLE = 8
+_CONFINED: dict[int, tuple[str, ...] | None] = {}
+"""id(db) → the directories it is locked to (``engine.confine``); reuse only for the same."""
 
 
-def acquire(spill_dir: Path) -> Any:
-    """A database for one run (new, or returned clean by an earlier run)."""
+def acquire(spill_dir: Path, allowed: tuple[str, ...] | None = None) -> Any:
+    """A database for one run (new, or returned clean by an earlier run), confined to
+    ``allowed`` (None: unconfined)."""
     with _LOCK:
-        if _POOL:
-            return _POOL.pop()
+        for index, db in enumerate(_POOL):
+            if _CONFINED.get(id(db)) == allowed:
+                return _POOL.pop(index)
+    db = _open(spill_dir)
+    if allowed is not None:
+        from headwater.engine.confine import confine
+
+        confine(db, allowed)
+    _CONFINED[id(db)] = allowed  # also overwrites what a closed database's id left behind
+    return db
+
+
+def _open(spill_dir: Path) -> Any:
     import duckdb
 
     # one folder per database (pid + random): processes and databases never share temp
@@ -44,12 +58,17 @@ def release(db: Any) -> None:
     try:
         _clean(db)
     except Exception:  # noqa: BLE001 - a database we cannot clean is not reused
-        db.close()
+        _close(db)
         return
     with _LOCK:
         if len(_POOL) < MAX_IDLE:
             _POOL.append(db)
             return
+    _close(db)
+
+
+def _close(db: Any) -> None:
+    _CONFINED.pop(id(db), None)
     db.close()
 
 

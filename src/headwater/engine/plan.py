@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import ChainableUndefined
-from jinja2.sandbox import SandboxedEnvironment
-
 from headwater.config.loader import PipelineFile
 from headwater.config.models import (
     PublishStep,
@@ -79,15 +76,14 @@ def sql_text(step: SqlStep, root: Path) -> str:
     return step.sql
 
 
-_PLANNING_ENV = SandboxedEnvironment(undefined=ChainableUndefined, autoescape=False)
-
-
 def _render_for_planning(sql: str, params: Mapping[str, Any]) -> str:
     if "{{" not in sql and "{%" not in sql:
         return sql
-    try:
-        return _PLANNING_ENV.from_string(sql).render(params=params, run={}, trigger={},
-                                                    window={})
+    from headwater.config.templates import render_sql_for_planning
+
+    try:  # values as SQL literals, as at run time, so `SELECT {{ x }} AS y` parses
+        return render_sql_for_planning(sql, {"params": params, "run": {}, "trigger": {},
+                                             "window": {}})
     except Exception:  # noqa: BLE001 - a template that fails here fails at run time
         return sql
 
@@ -103,6 +99,27 @@ def _parser() -> Any:
     return duckdb.connect()
 
 
+class SqlSyntaxError(ValueError):
+    """SQL that does not parse; ``line`` (1-based, of the text given) when DuckDB knows."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _error_line(sql: str) -> int | None:
+    """The line DuckDB's parser blames (its ``LINE n:``); the JSON form has no line."""
+    import re
+
+    try:
+        with _PARSER_LOCK:
+            _parser().extract_statements(sql)
+    except Exception as exc:  # noqa: BLE001 - any parser error carries the line or not
+        match = re.search(r"\bLINE (\d+):", str(exc))
+        return int(match.group(1)) if match else None
+    return None
+
+
 def tables_in_sql(sql: str) -> set[str]:
     """Names of base tables a query reads, without CTE names; raises ValueError if unparsable."""
     return set(_tables_in_sql(sql))
@@ -114,7 +131,7 @@ def _tables_in_sql(sql: str) -> frozenset[str]:
         raw = _parser().execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0]
     tree = json.loads(raw)
     if tree.get("error"):
-        raise ValueError(tree.get("error_message", "syntax error"))
+        raise SqlSyntaxError(tree.get("error_message", "syntax error"), _error_line(sql))
     tables: set[str] = set()
     ctes: set[str] = set()
     _walk(tree, tables, ctes)
@@ -219,7 +236,9 @@ def _sql_deps(step: SqlStep, sid: str, index: int, steps: Mapping[str, StepBase]
     try:
         tables = tables_in_sql(_render_for_planning(text, params))
     except ValueError as exc:
-        problems.add(index, "sql", f"SQL does not parse: {exc}")
+        line = getattr(exc, "line", None)
+        where = f"{step.sql.strip()}:{line}: " if text is not step.sql and line else ""
+        problems.add(index, "sql", f"{where}SQL does not parse: {exc}")
         return []
     out = []
     for table in sorted(tables):

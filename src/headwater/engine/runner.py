@@ -153,7 +153,8 @@ class RunEngine:
             self.lineage.start(self.store.run(self.run_id), [])
         workdir = self.project.runs_dir / self.run_id
         workdir.mkdir(parents=True, exist_ok=True)
-        db = duckdb_pool.acquire(self.project.root / ".headwater" / "spill")
+        db = duckdb_pool.acquire(self.project.root / ".headwater" / "spill", _confinement(
+            self.project))
         executor = make_executor(self.project.config.executor)
         self.project.import_path()
         beat = threading.Thread(target=self._heartbeat, name="hw-heartbeat", daemon=True)
@@ -256,8 +257,11 @@ class RunEngine:
 
     def _template_vars(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
         run = self.run
-        params = {**self.project.config.params, **defaults, **self.project.env_params,
-                  **(run["params"] or {})}
+        from headwater.config.params import run_params
+
+        params = run_params(self.project.config.params, defaults,
+                            {**self.project.env_params, **(run["params"] or {})},
+                            self.project.root)
         info = dict(run["trigger_info"] or {})
         window = {
             "start": run["window_start"].isoformat() if run["window_start"] else None,
@@ -593,6 +597,13 @@ def _code_version(project: ProjectRuntime, pf: Any) -> str:
 
         return hashlib.sha256(pf.path.read_bytes()).hexdigest()[:16]
     return code_version(project.root, pf).hash
+
+
+def _confinement(project: ProjectRuntime) -> tuple[str, ...] | None:
+    """The folders a run's DuckDB may touch (``engine.confine``), or None when disabled."""
+    from headwater.engine.confine import allowed_directories, unconfined
+
+    return None if unconfined() else allowed_directories(project)
 
 
 def execute_run(project: ProjectRuntime, run_id: str, observer: Observer | None = None,

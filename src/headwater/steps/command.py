@@ -1,7 +1,8 @@
 """``command`` steps: run a process (a training script, say); its output is the step log.
 
 Templates are rendered into the command line; a list runs without a shell, a string
-through ``/bin/sh``. A non-zero exit fails the step with the exit code and the last lines
+through ``/bin/sh`` with every template value shell-quoted, so a param is one argument and
+never shell code. A non-zero exit fails the step with the exit code and the last lines
 of output; a timeout or cancel kills the whole process group.
 """
 
@@ -15,6 +16,8 @@ import threading
 from collections import deque
 
 from headwater.config.models import CommandStep
+from headwater.config.secrets import resolve
+from headwater.config.templates import render_shell
 from headwater.exceptions import StepError
 from headwater.steps.base import StepContext, StepOutput, register
 
@@ -25,12 +28,12 @@ _LIVE_LOCK = threading.Lock()
 
 @register("command")
 def run_command(ctx: StepContext, step: CommandStep) -> StepOutput:
-    if isinstance(step.command, str):
-        argv: str | list[str] = ctx.render(step.command)
-    else:
-        argv = [ctx.render(part) for part in step.command]
-    env = {**os.environ, **{k: ctx.render(v) for k, v in step.env.items()},
-           "HEADWATER_RUN_ID": ctx.run_id, "HEADWATER_STEP_ID": ctx.step_id}
+    try:
+        argv = _argv(ctx, step)
+        env = {**os.environ, **_env(ctx, step),
+               "HEADWATER_RUN_ID": ctx.run_id, "HEADWATER_STEP_ID": ctx.step_id}
+    except ValueError as exc:
+        raise StepError(str(exc)) from None
     cwd = ctx.project.root / step.cwd if step.cwd else ctx.project.root
     with subprocess.Popen(argv, shell=isinstance(argv, str), cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -55,6 +58,21 @@ def run_command(ctx: StepContext, step: CommandStep) -> StepOutput:
         last = " | ".join(list(tail)[-3:])
         raise StepError(f"command exited with code {code}" + (f": {last}" if last else ""))
     return StepOutput(info={"exit_code": code})
+
+
+def _argv(ctx: StepContext, step: CommandStep) -> str | list[str]:
+    """The command line: a string for ``/bin/sh`` with every template value shell-quoted
+    (a param ``"hi; touch FILE"`` stays one word), or an argv list run without a shell."""
+    if isinstance(step.command, str):
+        return render_shell(step.command, ctx.template_vars)
+    return [ctx.render(part) for part in step.command]
+
+
+def _env(ctx: StepContext, step: CommandStep) -> dict[str, str]:
+    """``env:`` values rendered, with ``${env:}``/``${file:}`` references resolved (and
+    their values masked in the step's log like every other secret)."""
+    return {key: resolve(ctx.render(value), ctx.project.root)
+            for key, value in step.env.items()}
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:

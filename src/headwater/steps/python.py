@@ -5,6 +5,7 @@ Inputs are passed by parameter name (a parameter named like a step gets that ste
 ``pyarrow.Table`` (default), ``polars.DataFrame`` or ``pandas.DataFrame``. A parameter
 named ``params`` gets the run's params, ``context`` the step context. The result (any of
 those three, or None) is spilled to Parquet so it survives for ``rerun --from-failed``.
+What the function prints is the step's log; a failure names the project file and line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 import inspect
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from headwater.config.models import PythonStep
 from headwater.exceptions import ConfigError, StepError
 from headwater.sqltext import text as sql_string
 from headwater.steps.base import StepContext, StepOutput, register
+from headwater.steps.capture import prints_to
 
 _IMPORT_LOCK = threading.Lock()
 
@@ -39,13 +42,23 @@ def _forget_foreign(module_name: str, root: Path) -> None:
         name = ".".join(parts[:end])
         module = sys.modules.get(name)
         origin = getattr(module, "__file__", None)
+        rel = Path(*name.split("."))
+        if module is not None and origin is None and _foreign_namespace(module, root, rel):
+            sys.modules.pop(name, None)  # ``transforms/`` without __init__.py elsewhere
+            continue
         if module is None or origin is None:
             continue
         path = Path(origin)
-        rel = Path(*name.split("."))
-        ours = (root / rel.with_suffix(".py")).exists() or (root / rel / "__init__.py").exists()
+        ours = (root / rel.with_suffix(".py")).exists() or (root / rel).is_dir()
         if path.is_relative_to(root) or ours or not path.exists():
             sys.modules.pop(name, None)
+
+
+def _foreign_namespace(module: Any, root: Path, rel: Path) -> bool:
+    """A namespace package cached from another project while this one has the folder."""
+    paths = [Path(p) for p in getattr(module, "__path__", None) or []]
+    return bool(paths) and (root / rel).is_dir() and not any(
+        p.is_relative_to(root) for p in paths)
 
 
 def load_function(ref: str, root: Path) -> Callable[..., Any]:
@@ -108,6 +121,25 @@ def _to_arrow(value: Any) -> pa.Table | None:
                     "pyarrow.Table, polars.DataFrame, pandas.DataFrame or None")
 
 
+def _user_error(ctx: StepContext, ref: str, exc: Exception) -> StepError:
+    """The run error names the project file and line that raised; the log gets the
+    traceback from the user's function down (headwater's own frames are noise there)."""
+    root = ctx.project.root
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [i for i, f in enumerate(frames) if Path(f.filename).resolve().is_relative_to(root)]
+    where = ""
+    if ours:
+        frame = frames[ours[-1]]
+        where = f" at {Path(frame.filename).resolve().relative_to(root)}:{frame.lineno}"
+        frames = traceback.StackSummary.from_list(frames[ours[0]:])
+    text = "".join(["Traceback (most recent call last):\n", *frames.format(),
+                    *traceback.format_exception_only(exc)])
+    ctx.log(text.rstrip("\n"), level="error", stream="traceback")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return StepError(f"{ref} raised {type(exc).__name__}" + (f": {first}" if first else "")
+                     + (f" ({where.strip()})" if where else ""))
+
+
 @register("python")
 def run_python(ctx: StepContext, step: PythonStep) -> StepOutput:
     func = load_function(step.python, ctx.project.root)
@@ -135,9 +167,10 @@ def run_python(ctx: StepContext, step: PythonStep) -> StepOutput:
                               f"input step, 'params' or 'context'", problems=[])
     del positional
     try:
-        result = func(**kwargs)
+        with prints_to(lambda line: ctx.log(line, stream="output")):
+            result = func(**kwargs)
     except Exception as exc:
-        raise StepError(f"{step.python} raised {type(exc).__name__}: {exc}") from exc
+        raise _user_error(ctx, step.python, exc) from exc
     table = _to_arrow(result)
     if table is None:
         return StepOutput()

@@ -13,6 +13,7 @@ import re
 import duckdb
 
 from headwater.config.models import SqlStep
+from headwater.config.templates import render_sql
 from headwater.engine.plan import sql_text
 from headwater.exceptions import StepError
 from headwater.steps.base import StepContext, StepOutput, register
@@ -22,9 +23,11 @@ from headwater.steps.spill import spill
 @register("sql")
 def run_sql(ctx: StepContext, step: SqlStep) -> StepOutput:
     try:
-        query = query_body(ctx.render(sql_text(step, ctx.project.root)))
+        rendered = render_sql(sql_text(step, ctx.project.root), ctx.template_vars)
     except ValueError as exc:
         raise StepError(str(exc)) from None
+    query = query_body(rendered)
+    skipped_lines = rendered[:len(rendered) - len(rendered.lstrip())].count("\n")
     con = ctx.cursor()
     try:
         relation = con.sql(query)
@@ -34,7 +37,7 @@ def run_sql(ctx: StepContext, step: SqlStep) -> StepOutput:
     except StepError:
         raise
     except duckdb.Error as exc:
-        raise StepError(_duckdb_message(exc)) from None
+        raise StepError(_where(step, exc, skipped_lines) + _duckdb_message(exc)) from None
     if step.materialize:
         return spill(ctx, query)
     return StepOutput(relation=query)
@@ -66,4 +69,20 @@ def query_body(sql: str) -> str:
 def _duckdb_message(exc: Exception) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
+    if "disabled by configuration" in first:
+        first += (" (a run's SQL may read only the project, the warehouse and the paths of "
+                  "its files sources; allow more with HEADWATER_DUCKDB_ALLOWED)")
     return first
+
+
+def _where(step: SqlStep, exc: Exception, skipped_lines: int) -> str:
+    """``sql/clean.sql:3: `` for an error in a ``.sql`` file (DuckDB counts lines of the
+    query it got, which starts after the file's leading blank lines)."""
+    value = step.sql.strip()
+    if not (value.endswith(".sql") and "\n" not in value and " " not in value):
+        return ""
+    match = _LINE.search(str(exc))
+    return f"{value}:{int(match.group(1)) + skipped_lines}: " if match else f"{value}: "
+
+
+_LINE = re.compile(r"\bLINE (\d+):")

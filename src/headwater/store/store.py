@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import socket
 import threading
@@ -42,6 +43,8 @@ from headwater.store import schema as t
 ACTIVE = ("queued", "running")
 _HOST = socket.gethostname()  # runs.host: see headwater.store.liveness
 FINISHED = ("succeeded", "failed", "cancelled")
+_RUN_ID_PREFIX = re.compile(r"[0-9a-f-]{4,}")
+"""What a run id prefix may hold (ids are ``YYYYmmdd-HHMMSS-hex``); LIKE wildcards never."""
 
 
 def utcnow() -> datetime:
@@ -194,6 +197,10 @@ class Store:
     def run(self, run_id: str) -> dict[str, Any]:
         rows = self._read(select(t.runs).where(t.runs.c.id == run_id))
         if not rows:
+            # a short prefix of an id is accepted, but only of characters ids are made of:
+            # '%' or '_' must never act as LIKE wildcards (``/api/runs/%25`` found a run)
+            if not _RUN_ID_PREFIX.fullmatch(run_id):
+                raise NotFoundError(f"no run {run_id!r} (see 'headwater runs')")
             matches = self._read(select(t.runs).where(t.runs.c.id.like(f"{run_id}%")).limit(2))
             if len(matches) == 1:
                 return matches[0]
