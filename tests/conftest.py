@@ -14,6 +14,26 @@ from typing import Any
 
 import pytest
 
+INCREMENTAL_ORDERS = """
+name: orders
+steps:
+  - id: raw
+    source: {type: files, path: landing/*.csv, incremental: true}
+  - id: publish
+    publish: {input: raw, dataset: orders}
+"""
+"""The smallest incremental pipeline: CSV files landing → append to ``orders``."""
+
+COPY_ORDERS = """
+name: copy
+steps:
+  - id: src
+    source: {type: dataset, dataset: orders}
+  - id: publish
+    publish: {input: src, dataset: orders_copy, mode: overwrite}
+"""
+"""Reads the ``orders`` dataset back and overwrites ``orders_copy`` with it."""
+
 PG_ADMIN = os.environ.get("HEADWATER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -121,7 +121,8 @@ def test_run_ids_are_not_like_patterns(http: TestClient, project: Project) -> No
     run_id = project.runtime.store.create_run("orders", trigger="manual")
     for probe in ("%25", "_", "2%25", run_id[:4] + "%25"):
         assert 404 == http.get(f"/api/runs/{probe}").status_code, probe
-    assert run_id == http.get(f"/api/runs/{run_id[:17]}").json()["id"]
+    assert 404 == http.get(f"/api/runs/{run_id[:17]}").status_code  # the API never guesses
+    assert run_id == http.get(f"/api/runs/{run_id}").json()["id"]
 
 
 def test_without_auth_foreign_hosts_and_cross_site_posts_are_refused(
@@ -137,8 +138,14 @@ def test_without_auth_foreign_hosts_and_cross_site_posts_are_refused(
         assert 403 == local.post("/api/pipelines/orders/runs",
                                  headers={"Sec-Fetch-Site": "cross-site"}).status_code
         assert 0 == _queued(project)
+        # a same-site change still needs the page's CSRF token (an open server's pages
+        # carry it); with it, the run is queued
+        bare = local.post("/api/pipelines/orders/runs", headers={"Origin": "http://localhost:8765"})
+        assert 403 == bare.status_code
+        page = local.get("/").text
+        token = page.split('name="hw-csrf" content="', 1)[1].split('"', 1)[0]
         same = local.post("/api/pipelines/orders/runs",
-                          headers={"Origin": "http://localhost:8765"})
+                          headers={"Origin": "http://localhost:8765", "X-Headwater-CSRF": token})
         assert 202 == same.status_code, same.text
     assert 1 == _queued(project)
 

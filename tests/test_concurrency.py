@@ -21,16 +21,9 @@ import headwater as hw
 from headwater.store import runlock
 from headwater.store.liveness import reap_dead
 from headwater.store.store import Store
-from tests.conftest import ProjectFactory, write
+from tests.conftest import INCREMENTAL_ORDERS, ProjectFactory, write
 
-PIPELINE = """
-name: orders
-steps:
-  - id: raw
-    source: {type: files, path: landing/*.csv, incremental: true}
-  - id: publish
-    publish: {input: raw, dataset: orders}
-"""
+PIPELINE = INCREMENTAL_ORDERS
 
 
 def _files(root: Path, first: int, count: int, rows: int = 25) -> None:

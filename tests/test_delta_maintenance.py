@@ -10,25 +10,11 @@ from sqlalchemy import delete
 
 import headwater as hw
 from headwater.store import schema as t
-from tests.conftest import ProjectFactory, write
+from tests.conftest import COPY_ORDERS, INCREMENTAL_ORDERS, ProjectFactory, write
 
-ORDERS = """
-name: orders
-steps:
-  - id: raw
-    source: {type: files, path: landing/*.csv, incremental: true}
-  - id: publish
-    publish: {input: raw, dataset: orders}
-"""
+ORDERS = INCREMENTAL_ORDERS
 
-COPY = """
-name: copy
-steps:
-  - id: src
-    source: {type: dataset, dataset: orders}
-  - id: publish
-    publish: {input: src, dataset: orders_copy, mode: overwrite}
-"""
+COPY = COPY_ORDERS
 
 
 def _csv(root: Path, name: str, start: int, count: int) -> None:

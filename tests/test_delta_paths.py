@@ -12,25 +12,11 @@ from pathlib import Path
 import pytest
 
 import headwater as hw
-from tests.conftest import run_cli, write
+from tests.conftest import COPY_ORDERS, INCREMENTAL_ORDERS, run_cli, write
 
-ORDERS = """
-name: orders
-steps:
-  - id: raw
-    source: {type: files, path: landing/*.csv, incremental: true}
-  - id: publish
-    publish: {input: raw, dataset: orders}
-"""
+ORDERS = INCREMENTAL_ORDERS
 
-COPY = """
-name: copy
-steps:
-  - id: src
-    source: {type: dataset, dataset: orders}
-  - id: publish
-    publish: {input: src, dataset: orders_copy, mode: overwrite}
-"""
+COPY = COPY_ORDERS
 
 
 @pytest.fixture

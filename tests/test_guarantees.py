@@ -15,16 +15,9 @@ from sqlalchemy import delete
 import headwater as hw
 from headwater.datasets import delta
 from headwater.store import schema as t
-from tests.conftest import ProjectFactory, write
+from tests.conftest import INCREMENTAL_ORDERS, ProjectFactory, write
 
-PIPELINE = """
-name: orders
-steps:
-  - id: raw
-    source: {type: files, path: landing/*.csv, incremental: true}
-  - id: publish
-    publish: {input: raw, dataset: orders}
-"""
+PIPELINE = INCREMENTAL_ORDERS
 
 
 def _csv(path: Path, start: int, count: int) -> None:

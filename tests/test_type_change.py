@@ -5,16 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import headwater as hw
-from tests.conftest import ProjectFactory, write
+from tests.conftest import INCREMENTAL_ORDERS, ProjectFactory, write
 
-PIPELINE = """
-name: orders
-steps:
-  - id: raw
-    source: {type: files, path: landing/*.csv, incremental: true}
-  - id: publish
-    publish: {input: raw, dataset: orders}
-"""
+PIPELINE = INCREMENTAL_ORDERS
 
 
 def _first(root: Path, project: hw.Project) -> None:
