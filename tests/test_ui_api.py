@@ -67,7 +67,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _client(root: Path) -> Iterator[TestClient]:
     runtime = ProjectRuntime.load(root)
     server = Server(runtime, ServerOptions(triggers=False, api=False))
-    with TestClient(create_app(server)) as client:
+    with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
         yield client
     server.pool.shutdown(wait=False)
     runtime.close()
