@@ -4,9 +4,11 @@ Tokens come from ``headwater.yaml`` (``auth: {tokens: ...}``) or ``headwater tok
 create`` (stored hashed). With neither, the server is open (it then only listens on
 loopback, see ``service``). ``viewer`` reads; ``operator`` also runs, cancels, toggles
 triggers and edits pipelines. A browser logs in once: the token goes into an HttpOnly,
-SameSite=Strict cookie, and every state-changing request made with that cookie (or on an
-open server) must carry the page's CSRF token in the ``X-Headwater-CSRF`` header, which
-another site can neither read nor send without a CORS preflight this server refuses.
+SameSite=Strict cookie, and every state-changing request made with that cookie must carry
+the page's CSRF token in the ``X-Headwater-CSRF`` header, which another site can neither
+read nor send without a CORS preflight this server refuses. An open server (no tokens,
+loopback only) takes changes from scripts too; ``server.guard`` refuses foreign ``Host``
+headers and cross-site requests there.
 Never log a token.
 """
 
@@ -86,11 +88,13 @@ class Auth:
         return Identity(role, actor, via, _csrf(token))
 
     def require(self, request: Request, operator: bool) -> Identity:
-        """The caller if allowed: operators for changes, CSRF for cookie and open callers."""
+        """The caller if allowed: operators for changes, CSRF for cookie sessions."""
         who = self.identify(request)
         if operator and not who.operator:
             raise HTTPException(403, "this needs an operator token (you are a viewer)")
-        if request.method not in SAFE_METHODS and who.via != "bearer":
+        # Only a cookie rides along on another site's request; an open server's callers
+        # (scripts on loopback) are guarded by Host/Origin/Sec-Fetch-Site in server.guard
+        if request.method not in SAFE_METHODS and who.via == "cookie":
             given = request.headers.get(CSRF_HEADER) or ""
             if not hmac.compare_digest(given.encode(), who.csrf.encode()):
                 raise HTTPException(403, "missing or wrong CSRF token: reload the page and "
