@@ -211,12 +211,15 @@ def test_sql_steps_cannot_read_outside_the_project(make_project: ProjectFactory,
     assert SECRET_FILE_TEXT not in (run.error or "")
 
 
-def test_confined_database_cannot_be_widened_again(tmp_path: Path) -> None:
+def test_confined_database_cannot_be_widened_again(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The confinement is locked: no SQL can switch external access back on or widen the
     allowed folders, and a pooled database is only reused under the same confinement."""
     import duckdb
 
     from headwater.engine import duckdb_pool
+
+    monkeypatch.setattr(duckdb_pool, "_POOL", [])  # earlier in-process runs may fill it
 
     allowed = (str(tmp_path) + "/",)
     db = duckdb_pool.acquire(tmp_path / "spill", allowed)
