@@ -459,9 +459,11 @@ def test_overview_flags_stale_code_and_lists_failures_first(tmp_path: Path, ran:
         name: zz_broken
         steps:
           - id: raw
-            source: {type: files, path: missing/*.csv}
+            source: {type: files, path: in/*.csv}
+          - id: boom
+            sql: SELECT CAST('x' AS INTEGER) AS n FROM raw
           - id: out
-            publish: {input: raw, dataset: broken}
+            publish: {input: boom, dataset: broken}
         """)
     with hw.Project(root) as project:
         assert not project.run("zz_broken").ok

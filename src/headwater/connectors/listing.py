@@ -84,10 +84,6 @@ def _list_local(path: str, root: Path) -> list[FileInfo]:
             names = [n for n in glob.glob(pattern, recursive=True) if os.path.isfile(n)]
             if not names and os.path.isfile(full):  # ``data[1].csv``: a name, not a pattern
                 names = [full]
-            folder = _static_folder(os.path.join(str(root), os.path.expanduser(target)))
-            if not names and not os.path.isdir(folder):  # a typo, not an empty landing folder
-                raise TerminalSourceError(f"{path} does not exist (no folder {folder})",
-                                          path=path)
             return [_local_info(os.path.abspath(n)) for n in names if _visible(n)]
         if os.path.isdir(full):
             with os.scandir(full) as entries:
@@ -97,16 +93,6 @@ def _list_local(path: str, root: Path) -> list[FileInfo]:
     except OSError as exc:
         raise source_error(path, exc) from None
     raise TerminalSourceError(f"{path} does not exist (looked for {full})", path=path)
-
-
-def _static_folder(pattern: str) -> str:
-    """The folder a glob starts from: its path up to the first part holding a wildcard."""
-    parts: list[str] = []
-    for part in Path(pattern).parts:
-        if has_glob(part):
-            break
-        parts.append(part)
-    return str(Path(*parts)) if parts else "."
 
 
 def _list_remote(url: str, storage_options: Mapping[str, Any] | None) -> list[FileInfo]:
