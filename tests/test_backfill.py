@@ -76,7 +76,8 @@ def test_backfill_beside_a_server_executes_each_run_once(make_project: ProjectFa
     result = run_cli("backfill", "hourly", "--start", "2026-11-01T00:00:00+00:00",
                      "--end", "2026-11-01T08:00:00+00:00", "--concurrency", "2", "--json",
                      "--project", str(root), env={"SECRET_HOOK": "x"})
-    assert 0 == result.returncode, result.stderr
+    assert 0 == result.returncode, (result.stdout + result.stderr + run_cli(
+        "runs", "--json", "--project", str(root)).stdout)
     queued = json.loads(result.stdout)["queued"]
     server.stop()
     executions = Counter((root / "executions.txt").read_text().split())

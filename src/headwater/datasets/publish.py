@@ -9,6 +9,7 @@ so a retried, rerun or resumed publish neither loses nor duplicates a row.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,11 @@ import pyarrow as pa
 from headwater.datasets import delta
 from headwater.exceptions import PublishError
 from headwater.sqltext import ident as quote
+from headwater.store import runlock
 from headwater.store.store import Store
+
+LEASE_SECONDS = float(os.environ.get("HEADWATER_LEASE_SECONDS", "30"))
+"""A publisher silent (no heartbeat) this long has lost its turn on the dataset."""
 
 # DuckDB types Delta cannot store, and what they become on the way in.
 _NORMALISE = {
@@ -184,7 +189,28 @@ def publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchR
                    facts: VersionFacts, *, partition_by: Sequence[str] = (),
                    evolve: bool = True, storage_options: Mapping[str, str] | None = None,
                    stats_fn: Any = None) -> PublishResult:
-    """Commit ``reader`` as one version of ``dataset`` (or find it already committed)."""
+    """Commit ``reader`` as one version of ``dataset`` (or find it already committed).
+
+    Publishes to one dataset take turns store-wide (``dataset:NAME`` in
+    :mod:`headwater.store.runlock`): delta-rs refuses a second concurrent table creation
+    or schema change ("Protocol/Metadata changed since last commit") after the data files
+    are written, and a streamed input cannot be read again for a retry.
+    """
+    name = f"dataset:{dataset}"
+    runlock.acquire(store, name, facts.run_id, lease_seconds=LEASE_SECONDS,
+                    on_wait=lambda _holder: None, cancelled=lambda: False)
+    try:
+        return _publish_reader(store, dataset, uri, reader, facts, partition_by=partition_by,
+                               evolve=evolve, storage_options=storage_options,
+                               stats_fn=stats_fn)
+    finally:
+        runlock.release(store, name, facts.run_id)
+
+
+def _publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchReader,
+                    facts: VersionFacts, *, partition_by: Sequence[str],
+                    evolve: bool, storage_options: Mapping[str, str] | None,
+                    stats_fn: Any) -> PublishResult:
     reconcile(store, dataset, uri, storage_options)
     app = delta.app_id(facts.run_id, facts.step_id, dataset)
     table = delta.open_table(uri, storage_options=storage_options)
