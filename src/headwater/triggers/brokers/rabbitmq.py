@@ -17,6 +17,7 @@ from datetime import UTC
 from typing import Any
 
 import aio_pika
+import aio_pika.connection
 import aio_pika.exceptions
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
@@ -63,7 +64,7 @@ class RabbitConsumer:
         # a fresh inbox: messages of a closed channel can no longer be acknowledged
         self._inbox = asyncio.Queue()
         with broker_errors(self._where, *_ERRORS):
-            self._connection = await aio_pika.connect(self._url, timeout=_CONNECT_TIMEOUT_S)
+            self._connection = await _connect(self._url)
             self._channel = await self._connection.channel()
             await self._channel.set_qos(prefetch_count=self._spec.prefetch)
             queue = await self._channel.declare_queue(self._spec.subject, durable=True)
@@ -115,6 +116,22 @@ class RabbitConsumer:
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
+
+
+async def _connect(url: str) -> AbstractConnection:
+    """``aio_pika.connect``, but a connection that failed to open is closed here.
+
+    ``aio_pika.connect`` drops the half-made connection on failure; its ``__del__`` later
+    schedules ``close()`` on whatever loop is current, or leaks the coroutine unawaited.
+    """
+    connection = aio_pika.Connection(aio_pika.connection.make_url(url))
+    try:
+        await connection.connect(timeout=_CONNECT_TIMEOUT_S)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await connection.close()
+        raise
+    return connection
 
 
 def _identity(delivery: Delivery) -> str:
