@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 import headwater as hw
 from tests.conftest import run_cli
@@ -50,8 +51,6 @@ steps:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Headless Debian chromium (never a browser Playwright downloads)."""
-    from playwright.sync_api import sync_playwright
-
     path = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
         pytest.fail("chromium is missing: run 'scripts/start-services.sh chromium'")
@@ -185,7 +184,8 @@ def test_build_and_edit_a_pipeline_without_yaml(browser: Any, site: tuple[Path, 
         assert "copy" in project.pipelines()
 
     page.goto("/pipelines/shop/edit")
-    page.wait_for_function("document.querySelector('input[name=path]').value !== ''")
+    # a locator assertion, not wait_for_function: the page's CSP forbids eval()
+    expect(page.locator("input[name=path]")).not_to_have_value("")
     page.fill("input[name=description]", "Orders, edited in the browser")
     page.click("#show-yaml")
     page.wait_for_selector("#diff-wrap:not([hidden])")
