@@ -86,16 +86,18 @@ def main() -> None:
         root = Path(tmp) / "proj"
         seed(root, args.pipelines, args.runs, args.versions)
         server = Server(ProjectRuntime.load(root), ServerOptions(triggers=False, api=False))
-        client = TestClient(create_app(server))
+        client = TestClient(create_app(server), base_url="http://127.0.0.1")  # loopback Host
         last = client.get("/api/runs?limit=1").json()[0]["id"]
         addresses = ["/", "/runs", "/runs?status=failed", "/pipelines/p1", f"/runs/{last}",
                      "/api/pipelines", "/api/runs", "/api/runs?pipeline=p3&status=failed",
                      "/api/runs?before=500", "/api/datasets", "/api/datasets/p0/versions",
-                     "/api/datasets/p0/versions?before=10", "/api/triggers"]
+                     "/api/datasets/p0/versions?before=10", "/api/triggers",
+                     "/lineage/p0"]
         print(f"{args.runs} runs, {args.versions} versions, {args.pipelines} pipelines; "
               f"{args.repeat} requests each (ms)")
         print(f"{'address':45} {'p50':>8} {'p95':>8}")
         for address in addresses:
+            client.get(address)  # warm-up: the first render compiles its templates
             times = []
             for _ in range(args.repeat):
                 began = time.perf_counter()
