@@ -34,6 +34,10 @@ def _data_roots(pipeline: dict[str, Any], settings: dict[str, Any]) -> set[str]:
     """Top-level folders holding data (sources, landing folders, the local warehouse):
     left out of the copy, which may be large and must never be read by a case."""
     found = [_top_folder(str(settings.get("warehouse") or "./warehouse"))]
+    envs = settings.get("environments")
+    for overlay in envs.values() if isinstance(envs, dict) else []:
+        if isinstance(overlay, dict) and isinstance(overlay.get("warehouse"), str):
+            found.append(_top_folder(overlay["warehouse"]))  # ./warehouse-qa and the like
     for step in pipeline.get("steps") or []:
         source = step.get("source") if isinstance(step, dict) else None
         path = source.get("path") if isinstance(source, dict) else None
