@@ -55,6 +55,9 @@ def _load(path: Path) -> dict[str, Any]:
 
 def _swap_sources(pipeline: dict[str, Any], case: Case) -> dict[str, Any]:
     """Point every source step at the case's fixture; a missing fixture is an error."""
+    case.check_inputs([str(s.get("id")) for s in pipeline.get("steps") or []
+                       if isinstance(s, dict) and isinstance(s.get("source"), dict)
+                       and s["source"].get("type") != "dataset"])
     steps = []
     for raw in pipeline.get("steps") or []:
         step = dict(raw)
