@@ -18,7 +18,7 @@ from xml.etree import ElementTree as ET
 from headwater.exceptions import ConfigError, NotFoundError
 from headwater.testing import compare
 from headwater.testing.cases import Case, Expectation, discover
-from headwater.testing.sandbox import build
+from headwater.testing.sandbox import build, store_template
 
 
 @dataclass
@@ -44,8 +44,13 @@ def run_tests(project: Any, only: str | None = None, *, update: bool = False) ->
     if only and only.partition("/")[0] not in project.runtime.pipelines:
         project.runtime.pipeline(only.partition("/")[0])  # raises with a suggestion
     cases = discover(project.root, list(project.runtime.pipelines), only)
-    return [run_case(project.root, case, project.runtime.pipeline(case.pipeline).config,
-                     update=update) for case in cases]
+    if not cases:
+        return []
+    with tempfile.TemporaryDirectory(prefix="hw-test-store-") as tmp:
+        template = store_template(Path(tmp))
+        return [run_case(project.root, case, project.runtime.pipeline(case.pipeline).config,
+                         update=update, pipeline_file=project.runtime.pipeline(case.pipeline).path,
+                         template=template) for case in cases]
 
 
 def _published(pipeline: Any) -> dict[str, list[str] | None]:
@@ -61,7 +66,10 @@ def _published(pipeline: Any) -> dict[str, list[str] | None]:
     return out
 
 
-def run_case(root: Path, case: Case, pipeline: Any, *, update: bool = False) -> CaseResult:
+def run_case(root: Path, case: Case, pipeline: Any, *, update: bool = False,
+             pipeline_file: Path | None = None, template: Path | None = None) -> CaseResult:
+    """Run one case in a fresh sandbox and judge it (``pipeline_file`` and ``template``
+    only save time: see :func:`headwater.testing.sandbox.build`)."""
     from headwater.project import Project
 
     result = CaseResult(case)
@@ -74,7 +82,8 @@ def run_case(root: Path, case: Case, pipeline: Any, *, update: bool = False) -> 
                 f"{exp.path}: pipeline {case.pipeline!r} does not publish dataset "
                 f"{exp.dataset!r} (it publishes: {', '.join(sorted(published))})", problems=[])
     with tempfile.TemporaryDirectory(prefix="hw-test-") as tmp:
-        copy = build(root, case, Path(tmp))
+        copy = build(root, case, Path(tmp), pipeline_file=pipeline_file,
+                     store_template=template)
         with Project(copy) as sandbox:
             run = sandbox.run(case.pipeline, params=case.params)
             result.run_id = run.id
