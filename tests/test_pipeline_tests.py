@@ -168,3 +168,26 @@ def test_test_command_with_an_unknown_environment_or_overlay_key(
     typo = run_cli("test", "--env", "qa", "--project", str(root))
     assert 2 == typo.returncode
     assert "headwater.yaml:3: environments.qa.parms" in typo.stderr
+
+
+def test_a_case_holds_only_the_pipeline_under_test(make_project: ProjectFactory) -> None:
+    """Other pipelines are not copied into the sandbox (they would read real sources): a
+    run_pipeline step fails the case naming the missing pipeline, and nothing ran."""
+    root = _project(make_project)
+    write(root / "pipelines" / "other.yaml", """
+        name: other
+        steps:
+          - id: raw
+            source: {type: files, path: landing/*.csv}
+          - id: publish
+            publish: {input: raw, dataset: other}
+        """)
+    write(root / "pipelines" / "sales.yaml", PIPELINE + """
+  - id: kick
+    run_pipeline: {pipeline: other}
+    needs: [publish]
+""")
+    result = run_cli("test", "--project", str(root))
+    assert 1 == result.returncode, result.stdout + result.stderr
+    assert "no pipeline 'other'" in " ".join(result.stdout.split())
+    assert not (root / ".headwater").exists() and not (root / "warehouse").exists()
