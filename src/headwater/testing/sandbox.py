@@ -57,8 +57,14 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
-def _swap_sources(pipeline: dict[str, Any], case: Case) -> dict[str, Any]:
-    """Point every source step at the case's fixture; a missing fixture is an error."""
+CASE_DIR = "case"
+"""Where, beside the copy, the case's ``inputs/`` are copied: a fixed place, so sandboxes
+built at one path are confined to the same directories and share a pooled DuckDB."""
+
+
+def _swap_sources(pipeline: dict[str, Any], case: Case, inputs: Path) -> dict[str, Any]:
+    """Point every source step at the case's fixture (copied to ``inputs``); a missing
+    fixture is an error."""
     case.check_inputs([str(s.get("id")) for s in pipeline.get("steps") or []
                        if isinstance(s, dict) and isinstance(s.get("source"), dict)
                        and s["source"].get("type") != "dataset"])
@@ -73,7 +79,8 @@ def _swap_sources(pipeline: dict[str, Any], case: Case) -> dict[str, Any]:
                     f"{case.folder}: no fixture for source step {step.get('id')!r}: add "
                     f"inputs/{step.get('id')}/ (files) or inputs/{step.get('id')}.csv|.json|"
                     f".ndjson|.parquet (rows)", problems=[])
-            path, fmt = found
+            found_path, fmt = found
+            path = inputs / found_path.relative_to(case.inputs)
             swapped: dict[str, Any] = {"type": "files"}
             if source.get("type") == "files" and fmt is None:
                 keep = ("format", "csv", "columns", "bad_rows", "compression")
@@ -96,9 +103,10 @@ def build(root: Path, case: Case, into: Path, *, pipeline_file: Path | None = No
     """Copy ``root`` into ``into`` (code only, and of the pipeline files only the one under
     test), with its own store and warehouse and fixture sources; returns the copy's root.
 
-    ``pipeline_file`` (the loaded project knows it) saves reading every pipeline file to
-    find it; ``store_template``, an empty store already migrated, is copied instead of
-    migrating a new one (most of a small case's set-up time otherwise).
+    The case's fixtures are copied to ``into/case/inputs``. ``pipeline_file`` (the loaded
+    project knows it) saves reading every pipeline file to find it; ``store_template``, an
+    empty store already migrated, is copied instead of migrating a new one (most of a small
+    case's set-up time otherwise).
     """
     settings = _load(root / PROJECT_FILE)
     if pipeline_file is None:
@@ -120,9 +128,13 @@ def build(root: Path, case: Case, into: Path, *, pipeline_file: Path | None = No
                     executor="local")
     if store_template is not None:
         shutil.copyfile(store_template, into / "store.db")
+    inputs = into / CASE_DIR / "inputs"
+    if case.inputs.is_dir():
+        shutil.copytree(case.inputs, inputs)
+    (target / ".headwater" / "spill").mkdir(parents=True, exist_ok=True)  # DuckDB's temp
     (target / PROJECT_FILE).write_text(yaml.safe_dump(settings, sort_keys=False),
                                        encoding="utf-8")
-    swapped = _swap_sources(pipeline, case)
+    swapped = _swap_sources(pipeline, case, inputs)
     (target / PIPELINES_DIR).mkdir(parents=True, exist_ok=True)
     (target / PIPELINES_DIR / pipeline_file.name).write_text(
         yaml.safe_dump(swapped, sort_keys=False), encoding="utf-8")
