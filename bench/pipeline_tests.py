@@ -14,12 +14,16 @@ Run:  python bench/pipeline_tests.py [--pipelines 20] [--cases 3] [--rows 50] [-
 Each pipeline is the shape a real one has: a CSV source with bad_rows: quarantine, a SQL
 step with a param, a validate step and a merge publish. Fixtures hold --rows rows (one
 row per case deliberately unparsable, so the rejected-rows expectation is exercised).
-Target: `headwater test` under 10 s on this machine (cheap enough for every commit).
+Target: `headwater test` under 10 s on this machine (cheap enough for every commit). The
+CPU seconds (user + system) of the child are printed too: on a shared machine the wall
+time follows the load average, the CPU time much less.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -103,6 +107,11 @@ def plain_runs(root: Path, names: list[str], cases: int, exe: str, work: Path) -
     return total
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipelines", type=int, default=20)
@@ -117,13 +126,16 @@ def main() -> None:
         names = make_project(root, args.pipelines, args.cases, args.rows)
         measure([exe, "test", "--update", "--project", str(root)]).check("headwater test "
                                                                           "--update")
+        cpu = _children_cpu()
         timed = measure([exe, "test", "--project", str(root)]).check("headwater test")
+        cpu = _children_cpu() - cpu
         summary = timed.output.strip().splitlines()[-1]
         count = args.pipelines * args.cases
         verdict = "ok" if timed.seconds < TARGET_SECONDS else "MISSED"
         print(f"headwater test: {count} cases of {args.pipelines} pipelines in "
               f"{timed.seconds:.2f} s ({timed.seconds / count * 1000:.0f} ms a case), "
-              f"peak RSS {timed.peak_rss_mb:.0f} MiB; '{summary}'; target < "
+              f"CPU {cpu:.2f} s, peak RSS {timed.peak_rss_mb:.0f} MiB; '{summary}'; "
+              f"load average {os.getloadavg()[0]:.1f}; target < "
               f"{TARGET_SECONDS:.0f} s: {verdict}")
         if not args.skip_runs:
             seconds = plain_runs(root, names, args.cases, exe, Path(tmp) / "runs")
