@@ -114,3 +114,80 @@ def test_init_scaffolds_a_passing_case(tmp_path: Path) -> None:
     result = run_cli("test", "--project", str(tmp_path / "shop"))
     assert 0 == result.returncode, result.stdout + result.stderr
     assert "1 passed, 0 failed" in result.stdout
+
+
+def test_fixture_in_an_unknown_format_names_the_file(make_project: ProjectFactory) -> None:
+    """inputs/raw.xlsx is not read as 'no fixture': the error names the file and the
+    formats a fixture may have (exit 2)."""
+    root = _project(make_project)
+    inputs = root / "tests" / "sales" / "basic" / "inputs"
+    (inputs / "raw.csv").rename(inputs / "raw.xlsx")
+    result = run_cli("test", "--project", str(root))
+    assert 2 == result.returncode, result.stdout
+    assert "inputs/raw.xlsx: unknown fixture format '.xlsx' for source step 'raw'" \
+        in result.stderr
+    assert ".csv, .json, .ndjson, .jsonl, .parquet" in result.stderr
+
+
+def test_fixture_for_a_step_that_is_not_a_source_names_the_file(
+        make_project: ProjectFactory) -> None:
+    """A misspelt fixture (inputs/rwa.csv) would be silently ignored; it is an error."""
+    root = _project(make_project)
+    write(root / "tests" / "sales" / "basic" / "inputs" / "rwa.csv", "id,amount\n1,2\n")
+    result = run_cli("test", "--project", str(root))
+    assert 2 == result.returncode, result.stdout
+    assert "inputs/rwa.csv: no source step 'rwa' in pipeline 'sales' (its source steps: raw)" \
+        in result.stderr
+
+
+def test_fixture_with_unreadable_content_fails_the_case_naming_it(
+        make_project: ProjectFactory) -> None:
+    """A fixture whose content is not its format (broken JSON, a CSV named .parquet)
+    fails the case (exit 1) with the reader's error naming the fixture file."""
+    root = _project(make_project)
+    inputs = root / "tests" / "sales" / "basic" / "inputs"
+    (inputs / "raw.csv").unlink()
+    write(inputs / "raw.parquet", "id,amount\n1,2.5\n")
+    result = run_cli("test", "--project", str(root))
+    assert 1 == result.returncode, result.stdout + result.stderr
+    flat = " ".join(result.stdout.split())
+    assert "inputs/raw.parquet: not a valid Parquet file" in flat
+    assert "0 passed, 1 failed" == result.stdout.strip().splitlines()[-1]
+
+
+def test_test_command_with_an_unknown_environment_or_overlay_key(
+        make_project: ProjectFactory) -> None:
+    """'headwater test --env' names headwater.yaml and the key for a typo in the
+    environment's name and for an overlay key that does not exist (exit 2)."""
+    root = _project(make_project)
+    (root / "headwater.yaml").write_text("name: proj\nenvironments:\n  qa: {}\n")
+    unknown = run_cli("test", "--env", "qaa", "--project", str(root))
+    assert 2 == unknown.returncode
+    assert "headwater.yaml" in unknown.stderr and "environments.qaa" in unknown.stderr
+    (root / "headwater.yaml").write_text("name: proj\nenvironments:\n  qa: {parms: {}}\n")
+    typo = run_cli("test", "--env", "qa", "--project", str(root))
+    assert 2 == typo.returncode
+    assert "headwater.yaml:3: environments.qa.parms" in typo.stderr
+
+
+def test_a_case_holds_only_the_pipeline_under_test(make_project: ProjectFactory) -> None:
+    """Other pipelines are not copied into the sandbox (they would read real sources): a
+    run_pipeline step fails the case naming the missing pipeline, and nothing ran."""
+    root = _project(make_project)
+    write(root / "pipelines" / "other.yaml", """
+        name: other
+        steps:
+          - id: raw
+            source: {type: files, path: landing/*.csv}
+          - id: publish
+            publish: {input: raw, dataset: other}
+        """)
+    write(root / "pipelines" / "sales.yaml", PIPELINE + """
+  - id: kick
+    run_pipeline: {pipeline: other}
+    needs: [publish]
+""")
+    result = run_cli("test", "--project", str(root))
+    assert 1 == result.returncode, result.stdout + result.stderr
+    assert "no pipeline 'other'" in " ".join(result.stdout.split())
+    assert not (root / ".headwater").exists() and not (root / "warehouse").exists()

@@ -71,6 +71,46 @@ def test_plan_deploy_cycle(make_project: ProjectFactory) -> None:
     assert 0 == base.returncode, "the default store never saw a deploy and has no pipeline"
 
 
+VALIDATED = """
+name: scores
+steps:
+  - id: raw
+    source: {type: files, path: data/*.csv}
+  - id: checked
+    validate:
+      input: raw
+      columns: {id: {type: int64}, amount: {type: float64}}
+  - id: publish
+    publish: {input: checked, dataset: scores, mode: overwrite, schema: SCHEMA}
+"""
+
+
+def test_plan_lists_declared_schema_changes(make_project: ProjectFactory) -> None:
+    """A changed validate step's declared types are compared with the dataset's newest
+    version in the environment's store: a type change and a new column are listed (exit
+    3), a frozen schema says the run would fail; once deployed, nothing is left."""
+    root = make_project(pipelines={"scores": VALIDATED.replace("SCHEMA", "evolve")},
+                        settings=SETTINGS, files={"data/a.csv": "id,amount\n1,2.5\n"})
+    assert 0 == run_cli("run", "scores", "--env", "qa", "--project", str(root)).returncode
+    assert 0 == run_cli("deploy", "--env", "qa", "--project", str(root)).returncode
+    assert 0 == _plan(root).returncode  # declared types match what was published
+    write(root / "pipelines" / "scores.yaml", VALIDATED.replace("SCHEMA", "freeze").replace(
+        "amount: {type: float64}", "amount: {type: string}, note: {type: string}"))
+    result = _plan(root)
+    assert 3 == result.returncode, result.stderr
+    changes = json.loads(result.stdout)["changes"]
+    assert ["code_changed", "schema_changed"] == [c["kind"] for c in changes]
+    assert {"dataset": "scores", "frozen": True,
+            "columns": [{"column": "amount", "from": "double", "to": "string"},
+                        {"column": "note", "from": None, "to": "string"}]
+            } == changes[1]["detail"]
+    text = run_cli("plan", "--env", "qa", "--project", str(root))
+    assert ("~ dataset scores (scores): amount double -> string; + note string "
+            "(schema: freeze, so the run would fail)") in text.stdout
+    assert 0 == run_cli("deploy", "--env", "qa", "--project", str(root)).returncode
+    assert 0 == _plan(root).returncode
+
+
 def test_deploy_refuses_a_broken_project(make_project: ProjectFactory) -> None:
     """A project with problems is not deployed (exit 2) and the store stays as it was."""
     root = _project(make_project)

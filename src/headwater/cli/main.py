@@ -82,12 +82,29 @@ def _parse_params(values: list[str] | None) -> dict[str, str]:
 @handled
 def init(directory: Annotated[Path, typer.Argument(help="Where to create the project.")]
          = Path("."),
-         force: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
+         force: Annotated[bool, typer.Option(help="Write into a non-empty folder (with --ci "
+                                                  "on a project: overwrite the CI file).")]
+         = False,
+         ci: Annotated[str | None, typer.Option(
+             "--ci", help="Also write a CI/CD pipeline: github (.github/workflows/"
+                          "headwater.yml) or azure (azure-pipelines.yml). On an existing "
+                          "project only that file is written.")] = None,
          ) -> None:
     """Scaffold the example project, with freshly generated sample data."""
+    from headwater.scaffold.ci import RENDER, write_ci
     from headwater.scaffold.init import scaffold
 
+    if ci is not None and ci not in RENDER:
+        _fail(f"--ci must be one of {', '.join(sorted(RENDER))}, not {ci!r}", 2)
+    root = directory.resolve()
+    if ci is not None and (root / "headwater.yaml").is_file():
+        written = write_ci(root, ci, force=force)
+        sys.stdout.write(f"wrote {written.relative_to(root)} in {root}\n")
+        return
     created = scaffold(directory, force=force)
+    if ci is not None:
+        written = write_ci(created, ci, force=force)
+        sys.stdout.write(f"wrote {written.relative_to(created)}\n")
     sys.stdout.write(f"created project in {created}\n"
                      f"next: cd {created} && headwater run orders\n")
 

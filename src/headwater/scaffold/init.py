@@ -15,16 +15,30 @@ from pathlib import Path
 
 from headwater.exceptions import HeadwaterError
 
+SCHEMA_DIR = "schema"
+"""Where ``init`` writes the JSON Schemas editors validate against (committed with the
+project, unlike ``.headwater/``, so a fresh clone validates too)."""
+
 PROJECT_YAML = """\
-# headwater project settings. See README for every key.
+# yaml-language-server: $schema=schema/project.schema.json
+# headwater project settings: every key is in docs/reference.md of headwater.
 name: shop
 store: sqlite:///.headwater/headwater.db   # or postgresql+psycopg://user@127.0.0.1/db
 warehouse: ./warehouse                     # a folder or an fsspec URL (az://container/path)
 max_concurrent_runs: 4
 connections: {}
+environments:            # 'headwater --env qa ...' applies an overlay of the keys above
+  qa:
+    store: sqlite:///.headwater/qa.db      # e.g. postgresql+psycopg://headwater@qa-db/hw
+    warehouse: ./warehouse-qa
+    triggers: false                        # qa runs on demand only
+  prod:
+    store: sqlite:///.headwater/prod.db    # e.g. postgresql+psycopg://headwater@prod-db/hw
+    warehouse: ./warehouse-prod            # e.g. az://datasets/prod
 """
 
 ORDERS_YAML = """\
+# yaml-language-server: $schema=../schema/pipeline.schema.json
 name: orders
 description: Orders for the churn model
 params: {min_amount: 0}
@@ -93,7 +107,22 @@ def enrich(clean: pl.DataFrame) -> pl.DataFrame:
     )
 '''
 
-GITIGNORE = ".headwater/\nwarehouse/\n"
+GITIGNORE = ".headwater/\nwarehouse/\nwarehouse-*/\n"
+
+PRE_COMMIT = """\
+# 'pre-commit install' runs 'headwater check' before each commit that touches the project.
+# A local hook: it uses the headwater you installed (the version your CI pins), so the
+# check at commit time is the check CI runs.
+repos:
+  - repo: local
+    hooks:
+      - id: headwater-check
+        name: headwater check
+        entry: headwater check
+        language: system
+        pass_filenames: false
+        files: ^(headwater\\.yaml|pipelines/|sql/|transforms/)
+"""
 
 COUNTRIES = ["DE", "FR", "US", "GB", "de", " fr"]
 
@@ -140,10 +169,23 @@ def scaffold(directory: Path, force: bool = False) -> Path:
     (root / "transforms" / "__init__.py").write_text("", encoding="utf-8")
     (root / "transforms" / "orders.py").write_text(TRANSFORM_PY, encoding="utf-8")
     (root / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
+    (root / ".pre-commit-config.yaml").write_text(PRE_COMMIT, encoding="utf-8")
+    write_schemas(root)
     write_orders(root / "landing" / "orders" / "orders-001.csv", 1, 500, seed=1)
     write_orders(root / "landing" / "orders" / "orders-002.csv", 1001, 500, seed=2, bad=False)
     scaffold_test_case(root)
     return root
+
+
+def write_schemas(root: Path) -> None:
+    """``schema/pipeline.schema.json`` and ``schema/project.schema.json``: the same JSON
+    Schema ``headwater schema`` prints, for the ``yaml-language-server`` headers."""
+    from headwater.config.schema import render
+
+    folder = root / SCHEMA_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind in ("pipeline", "project"):
+        (folder / f"{kind}.schema.json").write_text(render(kind), encoding="utf-8")
 
 
 CASE_YAML = """\

@@ -71,6 +71,8 @@ def save(runtime: ProjectRuntime, name: str | None, doc: Any, *, expected: str |
         raise Conflict(f"{_display(runtime, path)} changed on disk since you opened it; "
                        "reload to see the new version (nothing was written)")
     text = render(doc, old_text)
+    if old_text is None:
+        text = _schema_header(runtime) + text
     if len(text) > MAX_TEXT:
         raise HeadwaterError(f"the pipeline is larger than {MAX_TEXT} bytes")
     display = _display(runtime, path)
@@ -83,6 +85,17 @@ def save(runtime: ProjectRuntime, name: str | None, doc: Any, *, expected: str |
         runtime.forget_pipelines()
     return Outcome(name=str(doc.get("name")), file=display, yaml=text, diff=diff,
                    version=version_of(text), written=not dry_run and text != old_text)
+
+
+SCHEMA_HEADER = "# yaml-language-server: $schema=../schema/pipeline.schema.json\n"
+"""The editor-validation header ``headwater init`` puts on pipeline files; an edited file
+keeps its own header (the round-trip writer keeps comments)."""
+
+
+def _schema_header(runtime: ProjectRuntime) -> str:
+    """A new pipeline gets the header when the project has the schema ``init`` writes."""
+    has_schema = (runtime.root / "schema" / "pipeline.schema.json").is_file()
+    return SCHEMA_HEADER if has_schema else ""
 
 
 def _target(runtime: ProjectRuntime, name: str | None, doc: dict[str, Any],

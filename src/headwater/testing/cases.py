@@ -23,6 +23,7 @@ FIXTURE_FORMATS = {".csv": "csv", ".json": "json", ".ndjson": "ndjson", ".jsonl"
                    ".parquet": "parquet"}
 CASE_KEYS = {"description", "params", "expected_error"}
 EXPECTATION_KEYS = {"rows", "schema", "checks", "key"}
+_FORMATS = ", ".join(FIXTURE_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,25 @@ class Case:
             single = self.inputs / f"{step_id}{suffix}"
             if single.is_file():
                 return single, fmt
+        other = sorted(p for p in self.inputs.glob(f"{step_id}.*") if p.is_file())
+        if other:
+            raise _error(other[0], "", f"unknown fixture format {other[0].suffix!r} for "
+                                       f"source step {step_id!r} (use {_FORMATS} or a folder "
+                                       "of the source's own files)")
         return None
+
+    def check_inputs(self, source_steps: list[str]) -> None:
+        """Every entry of ``inputs/`` must belong to a source step: a misspelt fixture
+        would otherwise be ignored while the case reads nothing."""
+        if not self.inputs.is_dir():
+            return
+        for entry in sorted(self.inputs.iterdir()):
+            step = entry.name if entry.is_dir() else entry.name.partition(".")[0]
+            if entry.name.startswith(".") or step in source_steps:
+                continue
+            raise _error(entry, "", f"no source step {step!r} in pipeline "
+                                    f"{self.pipeline!r} (its source steps: "
+                                    f"{', '.join(source_steps) or 'none'})")
 
     def expectations(self) -> list[Expectation]:
         """Every expectation file, parsed; unknown keys and formats are errors."""

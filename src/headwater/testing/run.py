@@ -8,8 +8,11 @@ for a reviewer to read as a diff. Nothing here prints: the CLI renders the resul
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from xml.etree import ElementTree as ET
 from headwater.exceptions import ConfigError, NotFoundError
 from headwater.testing import compare
 from headwater.testing.cases import Case, Expectation, discover
-from headwater.testing.sandbox import build
+from headwater.testing.sandbox import CASE_DIR, build, store_template
 
 
 @dataclass
@@ -44,8 +47,17 @@ def run_tests(project: Any, only: str | None = None, *, update: bool = False) ->
     if only and only.partition("/")[0] not in project.runtime.pipelines:
         project.runtime.pipeline(only.partition("/")[0])  # raises with a suggestion
     cases = discover(project.root, list(project.runtime.pipelines), only)
-    return [run_case(project.root, case, project.runtime.pipeline(case.pipeline).config,
-                     update=update) for case in cases]
+    if not cases:
+        return []
+    with tempfile.TemporaryDirectory(prefix="hw-test-") as tmp:
+        template = store_template(Path(tmp))
+        results = []
+        for case in cases:
+            pf = project.runtime.pipeline(case.pipeline)
+            results.append(run_case(project.root, case, pf.config, update=update,
+                                    pipeline_file=pf.path, template=template,
+                                    workdir=Path(tmp) / "sandbox"))
+        return results
 
 
 def _published(pipeline: Any) -> dict[str, list[str] | None]:
@@ -61,7 +73,16 @@ def _published(pipeline: Any) -> dict[str, list[str] | None]:
     return out
 
 
-def run_case(root: Path, case: Case, pipeline: Any, *, update: bool = False) -> CaseResult:
+def run_case(root: Path, case: Case, pipeline: Any, *, update: bool = False,
+             pipeline_file: Path | None = None, template: Path | None = None,
+             workdir: Path | None = None) -> CaseResult:
+    """Run one case in a fresh sandbox and judge it.
+
+    ``pipeline_file`` and ``template`` only save time (see
+    :func:`headwater.testing.sandbox.build`); so does ``workdir``, a folder emptied after
+    the case: sandboxes built at one path are confined to the same directories, so each
+    case reuses the pooled DuckDB database of the one before instead of opening one.
+    """
     from headwater.project import Project
 
     result = CaseResult(case)
@@ -73,43 +94,62 @@ def run_case(root: Path, case: Case, pipeline: Any, *, update: bool = False) -> 
             raise ConfigError(
                 f"{exp.path}: pipeline {case.pipeline!r} does not publish dataset "
                 f"{exp.dataset!r} (it publishes: {', '.join(sorted(published))})", problems=[])
-    with tempfile.TemporaryDirectory(prefix="hw-test-") as tmp:
-        copy = build(root, case, Path(tmp))
+    with _sandbox_dir(workdir) as tmp:
+        copy = build(root, case, tmp, pipeline_file=pipeline_file, store_template=template)
+        fixtures = str(tmp / CASE_DIR)
         with Project(copy) as sandbox:
             run = sandbox.run(case.pipeline, params=case.params)
             result.run_id = run.id
+            error = (run.error or "").replace(fixtures, str(case.folder))  # the user's files
             if case.expected_error is not None:
-                _judge_failure(result, run, case.expected_error)
+                _judge_failure(result, run.ok, error, case.expected_error)
             elif not run.ok:
-                result.fail(f"run {run.status}: {run.error}")
+                result.fail(f"run {run.status}: {error}")
             else:
-                _judge_datasets(result, sandbox, case, expectations, published, update)
+                _judge_datasets(result, sandbox, case, expectations, published, update,
+                                fixtures + "/")
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _judge_failure(result: CaseResult, run: Any, expected_error: str) -> None:
-    if run.ok:
+@contextmanager
+def _sandbox_dir(workdir: Path | None) -> Iterator[Path]:
+    """``workdir`` (created, and removed afterwards), or a new temporary folder."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="hw-test-") as tmp:
+            yield Path(tmp)
+        return
+    workdir.mkdir(parents=True)
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _judge_failure(result: CaseResult, ok: bool, error: str, expected_error: str) -> None:
+    if ok:
         result.fail(f"expected the run to fail with {expected_error!r}, but it succeeded")
-    elif expected_error not in (run.error or ""):
-        result.fail(f"expected an error containing {expected_error!r}, got: {run.error}")
+    elif expected_error not in error:
+        result.fail(f"expected an error containing {expected_error!r}, got: {error}")
 
 
-def _actual(sandbox: Any, dataset: str, case: Case) -> tuple[list[str], list[compare.Row]]:
+def _actual(sandbox: Any, dataset: str, strip: str) -> tuple[list[str], list[compare.Row]]:
+    """The published rows, with the sandbox's fixture folder cut from text values
+    (``_source`` reads ``inputs/raw.csv:4``, wherever the case ran)."""
     try:
         table = sandbox.dataset(dataset).to_arrow()
     except NotFoundError:
         return [], []
-    return compare.rows_of(table, strip=str(case.folder) + "/")
+    return compare.rows_of(table, strip=strip)
 
 
 def _judge_datasets(result: CaseResult, sandbox: Any, case: Case,
                     expectations: list[Expectation], published: dict[str, list[str] | None],
-                    update: bool) -> None:
+                    update: bool, strip: str) -> None:
     by_name = {e.dataset: e for e in expectations}
     for dataset, key in published.items():
         exp = by_name.get(dataset)
-        actual = _actual(sandbox, dataset, case)
+        actual = _actual(sandbox, dataset, strip)
         if exp is not None and exp.rows_file is None:
             _judge_summary(result, sandbox, dataset, exp, actual)
             continue

@@ -34,6 +34,10 @@ def _data_roots(pipeline: dict[str, Any], settings: dict[str, Any]) -> set[str]:
     """Top-level folders holding data (sources, landing folders, the local warehouse):
     left out of the copy, which may be large and must never be read by a case."""
     found = [_top_folder(str(settings.get("warehouse") or "./warehouse"))]
+    envs = settings.get("environments")
+    for overlay in envs.values() if isinstance(envs, dict) else []:
+        if isinstance(overlay, dict) and isinstance(overlay.get("warehouse"), str):
+            found.append(_top_folder(overlay["warehouse"]))  # ./warehouse-qa and the like
     for step in pipeline.get("steps") or []:
         source = step.get("source") if isinstance(step, dict) else None
         path = source.get("path") if isinstance(source, dict) else None
@@ -42,15 +46,28 @@ def _data_roots(pipeline: dict[str, Any], settings: dict[str, Any]) -> set[str]:
     return {f for f in found if f and f not in (PIPELINES_DIR, "sql", "transforms")}
 
 
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's loader when PyYAML has it: the pure-Python one is most of a copy's cost."""
+
+
 def _load(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a mapping", problems=[])
     return data
 
 
-def _swap_sources(pipeline: dict[str, Any], case: Case) -> dict[str, Any]:
-    """Point every source step at the case's fixture; a missing fixture is an error."""
+CASE_DIR = "case"
+"""Where, beside the copy, the case's ``inputs/`` are copied: a fixed place, so sandboxes
+built at one path are confined to the same directories and share a pooled DuckDB."""
+
+
+def _swap_sources(pipeline: dict[str, Any], case: Case, inputs: Path) -> dict[str, Any]:
+    """Point every source step at the case's fixture (copied to ``inputs``); a missing
+    fixture is an error."""
+    case.check_inputs([str(s.get("id")) for s in pipeline.get("steps") or []
+                       if isinstance(s, dict) and isinstance(s.get("source"), dict)
+                       and s["source"].get("type") != "dataset"])
     steps = []
     for raw in pipeline.get("steps") or []:
         step = dict(raw)
@@ -62,7 +79,8 @@ def _swap_sources(pipeline: dict[str, Any], case: Case) -> dict[str, Any]:
                     f"{case.folder}: no fixture for source step {step.get('id')!r}: add "
                     f"inputs/{step.get('id')}/ (files) or inputs/{step.get('id')}.csv|.json|"
                     f".ndjson|.parquet (rows)", problems=[])
-            path, fmt = found
+            found_path, fmt = found
+            path = inputs / found_path.relative_to(case.inputs)
             swapped: dict[str, Any] = {"type": "files"}
             if source.get("type") == "files" and fmt is None:
                 keep = ("format", "csv", "columns", "bad_rows", "compression")
@@ -80,27 +98,53 @@ def _swap_sources(pipeline: dict[str, Any], case: Case) -> dict[str, Any]:
     return {**pipeline, "steps": steps, "triggers": []}
 
 
-def build(root: Path, case: Case, into: Path) -> Path:
-    """Copy ``root`` into ``into`` (code only), with its own store and warehouse and
-    fixture sources; returns the copy's root."""
+def build(root: Path, case: Case, into: Path, *, pipeline_file: Path | None = None,
+          store_template: Path | None = None) -> Path:
+    """Copy ``root`` into ``into`` (code only, and of the pipeline files only the one under
+    test), with its own store and warehouse and fixture sources; returns the copy's root.
+
+    The case's fixtures are copied to ``into/case/inputs``. ``pipeline_file`` (the loaded
+    project knows it) saves reading every pipeline file to find it; ``store_template``, an
+    empty store already migrated, is copied instead of migrating a new one (most of a small
+    case's set-up time otherwise).
+    """
     settings = _load(root / PROJECT_FILE)
-    pipeline_file = next((p for p in sorted((root / PIPELINES_DIR).glob("*.y*ml"))
-                          if _load(p).get("name") == case.pipeline), None)
+    if pipeline_file is None:
+        pipeline_file = next((p for p in sorted((root / PIPELINES_DIR).glob("*.y*ml"))
+                              if _load(p).get("name") == case.pipeline), None)
     if pipeline_file is None:
         raise ConfigError(f"{case.folder}: no pipeline {case.pipeline!r} in "
                           f"{root / PIPELINES_DIR}", problems=[])
     pipeline = _load(pipeline_file)
     skip = SKIP | _data_roots(pipeline, settings)
     target = into / "project"
+    pipelines = root / PIPELINES_DIR
     shutil.copytree(root, target, ignore=lambda folder, names: [
-        n for n in names if (Path(folder) == root and n in skip) or n in SKIP])
+        n for n in names if (Path(folder) == root and n in skip) or n in SKIP
+        or (Path(folder) == pipelines and n.endswith((".yaml", ".yml")))])
     settings.pop("environments", None)
     settings.pop("warehouse_connection", None)
     settings.update(store=f"sqlite:///{into / 'store.db'}", warehouse=str(into / "warehouse"),
                     executor="local")
+    if store_template is not None:
+        shutil.copyfile(store_template, into / "store.db")
+    inputs = into / CASE_DIR / "inputs"
+    if case.inputs.is_dir():
+        shutil.copytree(case.inputs, inputs)
+    (target / ".headwater" / "spill").mkdir(parents=True, exist_ok=True)  # DuckDB's temp
     (target / PROJECT_FILE).write_text(yaml.safe_dump(settings, sort_keys=False),
                                        encoding="utf-8")
-    swapped = _swap_sources(pipeline, case)
+    swapped = _swap_sources(pipeline, case, inputs)
+    (target / PIPELINES_DIR).mkdir(parents=True, exist_ok=True)
     (target / PIPELINES_DIR / pipeline_file.name).write_text(
         yaml.safe_dump(swapped, sort_keys=False), encoding="utf-8")
     return target
+
+
+def store_template(into: Path) -> Path:
+    """An empty SQLite store migrated to the head, for :func:`build` to copy per case."""
+    from headwater.store.store import Store
+
+    path = into / "template.db"
+    Store(f"sqlite:///{path}").close()
+    return path
