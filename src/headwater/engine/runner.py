@@ -35,8 +35,7 @@ from headwater.exceptions import (
     ValidationError,
 )
 from headwater.runtime import ProjectRuntime
-from headwater.steps.base import StepOutput, step_function
-from headwater.steps.waits import Parked
+from headwater.steps.base import Parked, StepOutput, step_function
 
 log = logging.getLogger("headwater.engine")
 

@@ -1,0 +1,64 @@
+"""A plain ``headwater run`` loads only what its steps need (issue 12: lean process start).
+
+Structural, not timed: a subprocess runs a pipeline of SQL steps through the real CLI app
+and reports ``sys.modules``; the server, web, HTTP-client and template stacks, the step
+kinds the pipeline does not use, and Alembic once the store exists, must not be among them.
+Each was seen costing 50-250 ms of a run's start-up before it was made lazy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ProjectFactory, run_cli
+
+SQL_ONLY = """
+name: lean
+steps:
+  - id: first
+    sql: SELECT 1 AS x
+  - id: second
+    sql: SELECT x + 1 AS y FROM first
+"""
+
+PROBE = r"""
+import json, os, sys
+from headwater.cli.main import app
+app(["run", "lean", "--project", sys.argv[1], "--log-format", "json"], standalone_mode=False)
+sys.stdout.write("\nMODULES " + json.dumps(sorted(sys.modules)) + "\n")
+sys.stdout.flush()
+os._exit(0)
+"""
+
+NOT_FOR_A_SQL_RUN = (
+    "fastapi", "starlette", "uvicorn", "httpx", "jinja2", "pandas", "alembic",
+    "pyarrow.compute", "sqlalchemy.dialects.postgresql",
+    "headwater.server", "headwater.triggers", "headwater.connectors.files",
+    "headwater.connectors.http", "headwater.steps.source", "headwater.steps.http",
+    "headwater.steps.validate", "headwater.steps.python", "headwater.datasets.version_stats",
+)
+
+
+def _modules_after(args: list[str]) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ))
+    assert 0 == result.returncode, result.stderr
+    assert "succeeded" in result.stdout, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("MODULES "))
+    loaded: list[str] = json.loads(line.removeprefix("MODULES "))
+    return loaded
+
+
+def test_a_sql_run_imports_no_server_http_or_template_stack(
+        make_project: ProjectFactory) -> None:
+    root = make_project({"lean": SQL_ONLY})
+    first = run_cli("run", "lean", "--project", str(root))  # creates the store (Alembic)
+    assert 0 == first.returncode, first.stderr
+    loaded = _modules_after([str(root)])
+    assert "duckdb" in loaded and "headwater.steps.sql" in loaded  # the probe really ran
+    heavy = sorted(m for m in loaded
+                   if any(m == h or m.startswith(h + ".") for h in NOT_FOR_A_SQL_RUN))
+    assert [] == heavy
