@@ -30,6 +30,7 @@ from _common import (
     Measurement,
     headwater_exe,
     machine_line,
+    median_cpu,
     median_rss,
     median_seconds,
     repeat,
@@ -111,16 +112,21 @@ def main(argv: list[str] | None = None) -> None:
         store = recorded_steps(project)
 
     one = median_seconds(results["one"])
+    one_cpu = median_cpu(results["one"])
     rows: list[list[object]] = []
     for label, key, steps in [("bare imports", "bare imports", 0), ("one step", "one", 1),
                               (f"chain of {args.steps}", "chain", args.steps),
                               (f"fan-out of {args.steps}", "fanout", args.steps)]:
         secs = median_seconds(results[key])
+        cpu = median_cpu(results[key])
         per_step = (secs - one) * 1000 / (steps - 1) if steps > 1 else None
-        rows.append([label, secs * 1000, median_rss(results[key]),
-                     "" if per_step is None else f"{per_step:.2f}"])
+        cpu_step = (cpu - one_cpu) * 1000 / (steps - 1) if steps > 1 else None
+        rows.append([label, secs * 1000, cpu * 1000, median_rss(results[key]),
+                     "" if per_step is None else f"{per_step:.2f}",
+                     "" if cpu_step is None else f"{cpu_step:.2f}"])
     print()
-    print(table(["command", "median ms", "peak RSS MB", "ms per extra step"], rows))
+    print(table(["command", "median ms", "CPU ms", "peak RSS MB", "ms per extra step",
+                 "CPU ms per step"], rows))
 
     ratio = one / median_seconds(results["bare imports"])
     print()
@@ -131,7 +137,11 @@ def main(argv: list[str] | None = None) -> None:
         verdicts.append([f"ms per no-op step, {label}", f"{ms:.2f}", f"<= {TARGET_MS_PER_STEP}",
                          "ok" if ms <= TARGET_MS_PER_STEP else "MISSED"])
     print(table(["target", "measured", "target", ""], verdicts))
-    print("\nms per extra step = (pipeline median - one-step median) / (steps - 1).")
+    cpu_ratio = one_cpu / median_cpu(results["bare imports"])
+    print(f"\nfor information, in CPU time (user + system; steadier under load): one step / "
+          f"bare imports {cpu_ratio:.2f}x")
+    print("ms per extra step = (pipeline median - one-step median) / (steps - 1); CPU ms "
+          "per step likewise with CPU time.")
     if store is None:
         print("store check: could not read .headwater/headwater.db (runs / step_runs)")
     else:

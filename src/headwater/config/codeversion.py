@@ -34,6 +34,10 @@ from headwater.config.models import PythonStep, SqlStep
 MISSING = "missing"
 """The meaning-hash recorded for a referenced file that does not exist."""
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader when built in: the same documents as ``yaml.safe_load`` (the same
+constructor), parsed ~10x faster; every run hashes its pipeline file twice."""
+
 
 @dataclass(frozen=True)
 class CodeVersion:
@@ -99,10 +103,14 @@ def yaml_meaning(path: Path) -> str:
     if data is None:
         return MISSING
     try:
-        document = yaml.safe_load(data)
+        document = _safe_load(data)
     except yaml.YAMLError:
         return "unparsable:" + hashlib.sha256(data).hexdigest()
     return _digest(document)
+
+
+def _safe_load(data: bytes) -> Any:
+    return yaml.load(data, Loader=_LOADER)  # a safe loader, C or Python
 
 
 def _load(path: Path) -> tuple[Any, str | None]:
@@ -111,7 +119,7 @@ def _load(path: Path) -> tuple[Any, str | None]:
     if data is None:
         return None, MISSING
     try:
-        return yaml.safe_load(data), None
+        return _safe_load(data), None
     except yaml.YAMLError:
         return None, "unparsable:" + hashlib.sha256(data).hexdigest()
 
