@@ -112,6 +112,7 @@ class RunEngine:
         self._commit_hooks: list[CommitHook] = []
         self._step_codes: dict[str, str] = {}
         """step id → its code hash (``engine.reuse.step_codes``), recorded with its output."""
+        self._consumed: frozenset[str] | None = None
         from headwater.lineage.openlineage import emitter_for
 
         self.lineage = emitter_for(project)
@@ -423,11 +424,18 @@ class RunEngine:
         return out
 
     def _accept(self, dag: Plan, db: Any, sid: str, output: StepOutput) -> None:
-        """Record a finished step's output: a view by its id, and its merged lineage."""
+        """Record a finished step's output: a view by its id, and its merged lineage.
+
+        Only a step whose output another step may read by name gets its view
+        (``Plan.read_by_others``): a leaf, or a step that others merely ``need``, has no
+        reader, and each view costs a DuckDB catalog write (~1 ms, half a no-op step).
+        """
         self.state.outputs[sid] = output
         upstream = [self.state.lineage[d] for d in dag.deps[sid] if d in self.state.lineage]
         self.state.lineage[sid] = merge_outputs([*upstream, output])
-        if output.relation:
+        if self._consumed is None:
+            self._consumed = dag.read_by_others()
+        if output.relation and sid in self._consumed:
             db.execute(f'CREATE OR REPLACE VIEW "{sid}" AS {output.relation}')
 
     def _submit(self, executor: Executor, dag: Plan, db: Any, sid: str, workdir: Path,
