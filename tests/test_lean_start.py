@@ -24,10 +24,20 @@ steps:
     sql: SELECT x + 1 AS y FROM first
 """
 
+PUBLISH = """
+name: pub
+steps:
+  - id: raw
+    source: {type: files, path: landing/*.csv, incremental: true}
+  - id: out
+    publish: {input: raw, dataset: pub}
+"""
+
 PROBE = r"""
 import json, os, sys
 from headwater.cli.main import app
-app(["run", "lean", "--project", sys.argv[1], "--log-format", "json"], standalone_mode=False)
+app(["run", sys.argv[2], "--project", sys.argv[1], "--log-format", "json"],
+    standalone_mode=False)
 sys.stdout.write("\nMODULES " + json.dumps(sorted(sys.modules)) + "\n")
 sys.stdout.flush()
 os._exit(0)
@@ -40,6 +50,10 @@ NOT_FOR_A_SQL_RUN = (
     "headwater.connectors.http", "headwater.steps.source", "headwater.steps.http",
     "headwater.steps.validate", "headwater.steps.python", "headwater.datasets.version_stats",
 )
+
+
+def _heavy(loaded: list[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in loaded if any(m == h or m.startswith(h + ".") for h in names))
 
 
 def _modules_after(args: list[str]) -> list[str]:
@@ -57,8 +71,19 @@ def test_a_sql_run_imports_no_server_http_or_template_stack(
     root = make_project({"lean": SQL_ONLY})
     first = run_cli("run", "lean", "--project", str(root))  # creates the store (Alembic)
     assert 0 == first.returncode, first.stderr
-    loaded = _modules_after([str(root)])
+    loaded = _modules_after([str(root), "lean"])
     assert "duckdb" in loaded and "headwater.steps.sql" in loaded  # the probe really ran
-    heavy = sorted(m for m in loaded
-                   if any(m == h or m.startswith(h + ".") for h in NOT_FOR_A_SQL_RUN))
-    assert [] == heavy
+    assert [] == _heavy(loaded, NOT_FOR_A_SQL_RUN)
+
+
+def test_a_file_publish_imports_neither_pandas_nor_httpx(
+        make_project: ProjectFactory) -> None:
+    """pyarrow imports pandas whenever it converts Python objects (even the arro3 table of
+    Delta's add actions through ``pa.table``); a publish reads them through the C stream."""
+    root = make_project({"pub": PUBLISH}, files={"landing/a.csv": "id,amount\n1,2.5\n"})
+    loaded = _modules_after([str(root), "pub"])  # the first version: creates the table
+    assert "deltalake" in loaded and "headwater.datasets.version_stats" in loaded
+    assert [] == _heavy(loaded, ("pandas", "httpx", "headwater.server", "jinja2"))
+    (root / "landing/b.csv").write_text("id,amount\n2,3.5\n")
+    loaded = _modules_after([str(root), "pub"])  # an incremental append with statistics
+    assert [] == _heavy(loaded, ("pandas", "httpx", "headwater.server", "jinja2"))
