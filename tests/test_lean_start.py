@@ -87,3 +87,52 @@ def test_a_file_publish_imports_neither_pandas_nor_httpx(
     (root / "landing/b.csv").write_text("id,amount\n2,3.5\n")
     loaded = _modules_after([str(root), "pub"])  # an incremental append with statistics
     assert [] == _heavy(loaded, ("pandas", "httpx", "headwater.server", "jinja2"))
+
+
+SERVE_PROBE = r"""
+import http.client, json, os, socket, sys, threading, time
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+
+
+def probe():
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/api/health")
+            if conn.getresponse().status == 200:
+                sys.stdout.write("\nMODULES " + json.dumps(sorted(sys.modules)) + "\n")
+                sys.stdout.flush()
+                os._exit(0)
+        except OSError:
+            pass
+        time.sleep(0.02)
+    os._exit(3)
+
+
+threading.Thread(target=probe, daemon=True).start()
+from headwater.cli.main import app
+app(["serve", "--port", str(port), "--project", sys.argv[1]], standalone_mode=False)
+"""
+
+NOT_BEFORE_HEALTH = ("pyarrow", "duckdb", "deltalake", "pandas", "numpy", "httpx",
+                     "ruamel", "headwater.datasets.dataset", "headwater.steps.waits")
+
+
+def test_serve_answers_health_before_loading_the_data_stack(
+        make_project: ProjectFactory) -> None:
+    """`serve` is ready (``/api/health`` 200) before Arrow, DuckDB, Delta, the HTTP client
+    or the builder's YAML round-tripper load: they come with the first run or page that
+    needs them (issue 12: serve cold start)."""
+    root = make_project({"lean": SQL_ONLY})
+    assert 0 == run_cli("check", "--project", str(root)).returncode  # creates the store
+    result = subprocess.run([sys.executable, "-c", SERVE_PROBE, str(root)],
+                            capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert 0 == result.returncode, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("MODULES "))
+    loaded: list[str] = json.loads(line.removeprefix("MODULES "))
+    assert "fastapi" in loaded and "headwater.server.app" in loaded
+    assert [] == _heavy(loaded, NOT_BEFORE_HEALTH)
