@@ -18,6 +18,7 @@ a marker (``check`` reports it) and never raises.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import re
@@ -110,6 +111,14 @@ def yaml_meaning(path: Path) -> str:
 
 
 def _safe_load(data: bytes) -> Any:
+    """The parsed document; the same bytes are parsed once (``code_version`` reads the
+    pipeline file for its own meaning and again for the connections it names). Callers
+    only read the document, never change it."""
+    return _parse(data)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(data: bytes) -> Any:
     return yaml.load(data, Loader=_LOADER)  # a safe loader, C or Python
 
 
