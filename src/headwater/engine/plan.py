@@ -237,7 +237,8 @@ def plan(pf: PipelineFile, root: Path) -> Plan:
     problems.raise_if_any()
     dag = Plan(steps=steps, deps=deps, order=tuple(order))
     for sid in steps:  # other kinds' code may query any earlier step through its cursor
-        reads.setdefault(sid, tuple(sorted(dag.upstream(sid))))
+        if sid not in reads:
+            reads[sid] = tuple(sorted(dag.upstream(sid)))
     return Plan(steps=steps, deps=deps, order=tuple(order), reads=reads)
 
 
