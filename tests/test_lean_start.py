@@ -136,3 +136,18 @@ def test_serve_answers_health_before_loading_the_data_stack(
     loaded: list[str] = json.loads(line.removeprefix("MODULES "))
     assert "fastapi" in loaded and "headwater.server.app" in loaded
     assert [] == _heavy(loaded, NOT_BEFORE_HEALTH)
+
+
+def test_the_cli_module_loads_no_engine_or_server() -> None:
+    """`headwater --help` and every command start from here: commands import what they
+    need inside themselves, so the CLI module alone loads none of the heavy stacks."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import json, sys, headwater.cli.main; "
+                               "print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    assert 0 == result.returncode, result.stderr
+    loaded: list[str] = json.loads(result.stdout)
+    assert "typer" in loaded
+    assert [] == _heavy(loaded, (*NOT_BEFORE_HEALTH, "fastapi", "uvicorn", "sqlalchemy",
+                                 "pydantic", "headwater.engine", "headwater.server",
+                                 "headwater.project"))
