@@ -45,6 +45,7 @@ os._exit(0)
 
 NOT_FOR_A_SQL_RUN = (
     "fastapi", "starlette", "uvicorn", "httpx", "jinja2", "pandas", "alembic",
+    "pyarrow", "numpy", "deltalake", "headwater.datasets.publish",
     "pyarrow.compute", "sqlalchemy.dialects.postgresql",
     "headwater.server", "headwater.triggers", "headwater.connectors.files",
     "headwater.connectors.http", "headwater.steps.source", "headwater.steps.http",

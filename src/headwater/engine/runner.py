@@ -297,13 +297,17 @@ class RunEngine:
         """Record commits a crash left unrecorded *before* sources read incremental state,
         so files whose rows were committed are never ingested twice."""
         from headwater.config.models import PublishStep
-        from headwater.datasets.publish import reconcile
-        from headwater.steps.publish import rejected_dataset
+        from headwater.steps.base import rejected_dataset
 
         names = {s.publish.dataset for s in dag.steps.values() if isinstance(s, PublishStep)}
         names.add(rejected_dataset(self.run["pipeline"]))
         for name in sorted(names):
-            recovered = reconcile(self.store, name, self.project.dataset_uri(name))
+            uri = self.project.dataset_uri(name)
+            if _surely_no_table(uri):
+                continue
+            from headwater.datasets.publish import reconcile  # Arrow and delta-rs load here
+
+            recovered = reconcile(self.store, name, uri)
             if recovered:
                 self._log(None, "warning", f"recovered {recovered} unrecorded version(s) of "
                           f"{name} from its Delta log", {})
@@ -585,6 +589,16 @@ def _blame_lazy_source(exc: BaseException, lazy: list[tuple[str, StepOutput]],
                                  files, sid, root=project.root)
     where = next((s.get("path") for s in output.sources if s.get("path")), "")
     return REDACTOR(f"step '{sid}' (source files {where}) failed: {translated.message}")
+
+
+def _surely_no_table(uri: str) -> bool:
+    """A plain local path with no ``_delta_log`` folder: no commit to repair there.
+
+    Checked before loading Arrow and delta-rs, which a run that publishes nothing (and has
+    never quarantined a row) would otherwise import only to learn that. Any URI with a
+    scheme (``file://`` included: it may be percent-encoded) goes through ``reconcile``.
+    """
+    return "://" not in uri and not (Path(uri) / "_delta_log").is_dir()
 
 
 def _crash_point(name: str) -> None:

@@ -120,6 +120,11 @@ class StepContext(Protocol):
         """Execute another (already created) run here, to the end; its final row."""
 
 
+def rejected_dataset(pipeline: str) -> str:
+    """The dataset a pipeline's quarantined rows are published to."""
+    return f"{pipeline}__rejected"
+
+
 class Parked(Exception):
     """Raised by a step that recorded a wait in the store: the engine parks the run.
 
