@@ -32,6 +32,9 @@ class Measurement:
     peak_rss_mb: float
     returncode: int
     output: str
+    cpu_seconds: float = 0.0
+    """User + system CPU of the child and the descendants it waited for (``wait4``): on a
+    shared machine, far steadier than wall time, which also counts waiting for a core."""
 
     def check(self, what: str) -> Measurement:
         """Return self, or exit with the child's output when it failed."""
@@ -82,7 +85,8 @@ def measure(
         log.seek(0)
         output = log.read().decode(errors="replace")
     peak = max(usage.ru_maxrss * 1024, tree_peak)  # ru_maxrss is in KiB on Linux
-    return Measurement(seconds, peak / 2**20, proc.returncode, output)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measurement(seconds, peak / 2**20, proc.returncode, output, cpu)
 
 
 def _poll_tree_rss(pid: int) -> int:
@@ -132,6 +136,10 @@ def repeat(
 
 def median_seconds(runs: Sequence[Measurement]) -> float:
     return statistics.median(m.seconds for m in runs)
+
+
+def median_cpu(runs: Sequence[Measurement]) -> float:
+    return statistics.median(m.cpu_seconds for m in runs)
 
 
 def median_rss(runs: Sequence[Measurement]) -> float:

@@ -10,7 +10,9 @@ Run:  python bench/overhead.py [--repeat 5] [--steps 100]
 
 Every run uses the project's default SQLite store, so every state change of the run and of
 each step is written as it happens. Each project gets one unmeasured warm-up run (it creates
-the store); then each command runs --repeat times and the median is reported.
+the store); then the commands run in rounds (bare, one, chain, fan-out, then again) --repeat
+times, and the median of each is reported: interleaved, a burst of load from other work on
+a shared machine lands on all of them alike instead of on whichever ran during it.
 Targets: one step <= 1.5x bare imports; <= 2 ms per no-op step.
 """
 
@@ -28,6 +30,7 @@ from _common import (
     Measurement,
     headwater_exe,
     machine_line,
+    median_cpu,
     median_rss,
     median_seconds,
     repeat,
@@ -78,10 +81,17 @@ def recorded_steps(project: Path) -> tuple[int, int] | None:
     return int(runs), int(steps)
 
 
-def timed_runs(project: Path, pipeline: str, times: int) -> list[Measurement]:
-    cmd = [headwater_exe(), "run", pipeline, "--project", str(project)]
-    repeat(1, cmd, cwd=project, what=f"headwater run {pipeline} (warm-up)")
-    return repeat(times, cmd, cwd=project, what=f"headwater run {pipeline}")
+def interleaved(commands: dict[str, list[str]], cwd: Path, times: int,
+                ) -> dict[str, list[Measurement]]:
+    """Each command once per round, ``times`` rounds; a warm-up round first (unmeasured)."""
+    for name, cmd in commands.items():
+        repeat(1, cmd, cwd=cwd, what=f"{name} (warm-up)")
+    results: dict[str, list[Measurement]] = {name: [] for name in commands}
+    for round_ in range(times):
+        print(f"round {round_ + 1}/{times} ...", flush=True)
+        for name, cmd in commands.items():
+            results[name] += repeat(1, cmd, cwd=cwd, what=name)
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,28 +103,32 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_line())
     print(f"median of {args.repeat} runs each (after one warm-up run per pipeline)\n",
           flush=True)
-    bare = repeat(args.repeat, [sys.executable, "-c", BARE], what="bare imports")
-    results: dict[str, list[Measurement]] = {"bare imports": bare}
     with tempfile.TemporaryDirectory(prefix="hw-overhead-") as tmp:
         project = write_project(Path(tmp) / "project", args.steps)
+        commands = {"bare imports": [sys.executable, "-c", BARE]}
         for name in ("one", "chain", "fanout"):
-            print(f"running {name} ...", flush=True)
-            results[name] = timed_runs(project, name, args.repeat)
+            commands[name] = [headwater_exe(), "run", name, "--project", str(project)]
+        results = interleaved(commands, project, args.repeat)
         store = recorded_steps(project)
 
     one = median_seconds(results["one"])
+    one_cpu = median_cpu(results["one"])
     rows: list[list[object]] = []
     for label, key, steps in [("bare imports", "bare imports", 0), ("one step", "one", 1),
                               (f"chain of {args.steps}", "chain", args.steps),
                               (f"fan-out of {args.steps}", "fanout", args.steps)]:
         secs = median_seconds(results[key])
+        cpu = median_cpu(results[key])
         per_step = (secs - one) * 1000 / (steps - 1) if steps > 1 else None
-        rows.append([label, secs * 1000, median_rss(results[key]),
-                     "" if per_step is None else f"{per_step:.2f}"])
+        cpu_step = (cpu - one_cpu) * 1000 / (steps - 1) if steps > 1 else None
+        rows.append([label, secs * 1000, cpu * 1000, median_rss(results[key]),
+                     "" if per_step is None else f"{per_step:.2f}",
+                     "" if cpu_step is None else f"{cpu_step:.2f}"])
     print()
-    print(table(["command", "median ms", "peak RSS MB", "ms per extra step"], rows))
+    print(table(["command", "median ms", "CPU ms", "peak RSS MB", "ms per extra step",
+                 "CPU ms per step"], rows))
 
-    ratio = one / median_seconds(bare)
+    ratio = one / median_seconds(results["bare imports"])
     print()
     verdicts = [["one step / bare imports", f"{ratio:.2f}x", f"<= {TARGET_RATIO}x",
                  "ok" if ratio <= TARGET_RATIO else "MISSED"]]
@@ -123,7 +137,11 @@ def main(argv: list[str] | None = None) -> None:
         verdicts.append([f"ms per no-op step, {label}", f"{ms:.2f}", f"<= {TARGET_MS_PER_STEP}",
                          "ok" if ms <= TARGET_MS_PER_STEP else "MISSED"])
     print(table(["target", "measured", "target", ""], verdicts))
-    print("\nms per extra step = (pipeline median - one-step median) / (steps - 1).")
+    cpu_ratio = one_cpu / median_cpu(results["bare imports"])
+    print(f"\nfor information, in CPU time (user + system; steadier under load): one step / "
+          f"bare imports {cpu_ratio:.2f}x")
+    print("ms per extra step = (pipeline median - one-step median) / (steps - 1); CPU ms "
+          "per step likewise with CPU time.")
     if store is None:
         print("store check: could not read .headwater/headwater.db (runs / step_runs)")
     else:

@@ -235,3 +235,47 @@ def test_from_step_reuses_upstream_outputs(make_project: ProjectFactory) -> None
             s.step_id: s.status for s in again.steps}
         with pytest.raises(hw.HeadwaterError, match="did you mean 'second'"):
             project.run("p", from_step="secnd")
+
+
+def test_views_exist_for_every_step_a_later_step_may_read(
+        make_project: ProjectFactory) -> None:
+    """Only outputs some step may read get a DuckDB view (issue 12), yet every read works:
+    SQL naming a step, and Python code querying any step upstream of it through its
+    context's cursor, even one its input merely ``needs``."""
+    root = make_project({"p": """
+    name: p
+    steps:
+      - id: a
+        sql: SELECT 41 AS x
+      - id: b
+        sql: SELECT 1 AS y
+        needs: [a]
+      - id: c
+        python: transforms.reads:upstream_of_input
+        input: b
+      - id: d
+        sql: SELECT x + y AS z FROM c
+    """})
+    write(root / "transforms/__init__.py", "")
+    write(root / "transforms/reads.py", '''
+    import pyarrow as pa
+
+    def upstream_of_input(b, context):
+        x = context.cursor().execute("SELECT x FROM a").fetchall()[0][0]
+        return pa.table({"x": [x], "y": b.column("y").to_pylist()})
+    ''')
+    pf = load_pipeline_file(root / "pipelines/p.yaml", root)
+    dag = plan(pf, root)
+    assert {"a", "b", "c"} == dag.read_by_others()  # d is a leaf: nothing reads it
+    assert () == (dag.reads or {})["b"]  # b needs a but its SQL reads nothing
+    with hw.Project(root) as project:
+        run = project.run("p")
+        assert run.ok, run.error
+        outputs = project.runtime.store.succeeded_outputs(run.id)
+    import duckdb
+
+    from headwater.steps.base import StepOutput
+
+    c = StepOutput.from_json(outputs["c"]).relation
+    assert [(41, 1)] == duckdb.connect().execute(c).fetchall()  # c read a through the view
+    assert {"a", "b", "c", "d"} == set(outputs)

@@ -11,13 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headwater.config.secrets import REDACTOR
-from headwater.datasets.dataset import Dataset
 from headwater.engine.runner import Observer, execute_run
 from headwater.exceptions import HeadwaterError, NotFoundError, ParamError
 from headwater.runtime import ProjectRuntime
+
+if TYPE_CHECKING:
+    from headwater.datasets.dataset import Dataset
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,8 @@ class Project:
     # ------------------------------------------------------------------ datasets
 
     def dataset(self, name: str) -> Dataset:
+        from headwater.datasets.dataset import Dataset
+
         return Dataset(self.runtime, name)
 
     def datasets(self) -> list[dict[str, Any]]:

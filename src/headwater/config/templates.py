@@ -20,13 +20,13 @@ import shlex
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any
-
-from jinja2 import ChainableUndefined, StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+from typing import TYPE_CHECKING, Any
 
 from headwater.sqltext import ident
 from headwater.sqltext import text as quoted_text
+
+if TYPE_CHECKING:  # Jinja loads on the first real template: most runs render none.
+    from jinja2.sandbox import SandboxedEnvironment
 
 
 class SqlFragment(str):
@@ -109,6 +109,9 @@ def _filters(env: SandboxedEnvironment) -> SandboxedEnvironment:
 
 @lru_cache(maxsize=4)
 def _environment(mode: str = "text") -> SandboxedEnvironment:
+    from jinja2 import ChainableUndefined, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
     finalize: Callable[[Any], Any] | None = {
         "sql": _finalize_sql, "shell": _finalize_shell, "plan": _finalize_sql}.get(mode)
     undefined = ChainableUndefined if mode == "plan" else StrictUndefined
@@ -145,6 +148,8 @@ def render_shell(template: str, variables: Mapping[str, Any]) -> str:
 def _render(template: str, variables: Mapping[str, Any], mode: str) -> str:
     if not is_template(template):
         return template
+    from jinja2 import TemplateError
+
     try:
         return _environment(mode).from_string(template).render(**variables)
     except TemplateError as exc:

@@ -94,6 +94,16 @@ def _encoded_root(table: Any) -> str:
     return str(table.table_uri).rstrip("/").removeprefix("file://")
 
 
+def add_actions(table: Any) -> pa.Table:
+    """The table's add actions (flattened: per-file rows, nulls, min, max) as pyarrow.
+
+    deltalake hands back an arro3 table; reading it through the C stream interface, rather
+    than ``pa.table(...)``, keeps pyarrow from importing pandas to check whether it is a
+    DataFrame (~0.4 s, which dominated small publishes).
+    """
+    return pa.RecordBatchReader.from_stream(table.get_add_actions(flatten=True)).read_all()
+
+
 def data_files(table: Any) -> list[str]:
     """The Parquet files of the loaded version, as DuckDB and pyarrow open them.
 

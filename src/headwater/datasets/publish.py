@@ -131,9 +131,9 @@ def reconcile(store: Store, dataset: str, uri: str,
 
 def total_rows(table: Any) -> int:
     try:
-        # deltalake hands back an arro3 table; pyarrow reads it through the C stream
-        actions = pa.table(table.get_add_actions(flatten=True))
-        total: Any = pa.compute.sum(actions["num_records"]).as_py()
+        import pyarrow.compute as pc
+
+        total: Any = pc.sum(delta.add_actions(table)["num_records"]).as_py()
         return int(total or 0)
     except Exception:  # noqa: BLE001 - fall back to reading the row count from the files
         rows: int = delta.read_arrow(table, columns=[]).num_rows

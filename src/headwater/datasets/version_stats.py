@@ -34,7 +34,7 @@ def version_stats(con: Any, table: Any, *,
     delta.register_readers(con, delta.table_root(table))
     if not files:
         return {"rows": 0, "columns": {}}
-    actions = pa.table(table.get_add_actions(flatten=True))
+    actions = delta.add_actions(table)
     rows = int(pc.sum(actions["num_records"]).as_py() or 0)
     listing = ", ".join(text(f) for f in files)
     hive = "true" if delta.partition_columns(table) else "false"

@@ -73,14 +73,24 @@ def _close(db: Any) -> None:
 
 
 def _clean(db: Any) -> None:
+    """Drop the run's views and tables in one transaction: one commit, not one per object
+    (a run of 100 steps spent ~50 ms here dropping its views one by one)."""
     views = db.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal "
                        "AND schema_name = 'main'").fetchall()
-    for (name,) in views:
-        db.execute(f'DROP VIEW IF EXISTS "{_escape(name)}"')
     tables = db.execute("SELECT table_name, temporary FROM duckdb_tables() "
                         "WHERE schema_name = 'main'").fetchall()
-    for name, _temporary in tables:
-        db.execute(f'DROP TABLE IF EXISTS "{_escape(name)}"')
+    if not views and not tables:
+        return
+    db.execute("BEGIN TRANSACTION")
+    try:
+        for (name,) in views:
+            db.execute(f'DROP VIEW IF EXISTS "{_escape(name)}"')
+        for name, _temporary in tables:
+            db.execute(f'DROP TABLE IF EXISTS "{_escape(name)}"')
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _escape(name: str) -> str:

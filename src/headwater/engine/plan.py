@@ -37,6 +37,15 @@ class Plan:
     deps: dict[str, tuple[str, ...]]
     order: tuple[str, ...]
     """A topological order (stable: file order among independent steps)."""
+    reads: dict[str, tuple[str, ...]] | None = None
+    """step id → the steps whose output it may read by name: for a SQL step the tables its
+    SQL names, for any other kind every step upstream of it (Python code can query any of
+    them). A SQL step's ``needs`` orders it without reading. None: assume ``deps``."""
+
+    def read_by_others(self) -> frozenset[str]:
+        """The steps whose output another step may read by name: only these need a view."""
+        reads = self.deps if self.reads is None else self.reads
+        return frozenset(d for names in reads.values() for d in names)
 
     def consumers(self, step_id: str) -> list[str]:
         return [s for s, deps in self.deps.items() if step_id in deps]
@@ -199,6 +208,7 @@ def plan(pf: PipelineFile, root: Path) -> Plan:
         steps[declared.id] = declared
         index_of[declared.id] = index
     deps: dict[str, tuple[str, ...]] = {}
+    reads: dict[str, tuple[str, ...]] = {}
     for sid, current in steps.items():
         step = current
         index = index_of[sid]
@@ -218,12 +228,18 @@ def plan(pf: PipelineFile, root: Path) -> Plan:
             elif name != sid:
                 found.append(name)
         if isinstance(step, SqlStep):
-            found.extend(_sql_deps(step, sid, index, steps, config.params, root, problems))
+            named = _sql_deps(step, sid, index, steps, config.params, root, problems)
+            found.extend(named)
+            reads[sid] = tuple(dict.fromkeys(named))
         deps[sid] = tuple(dict.fromkeys(found))
     problems.raise_if_any()
     order = _toposort(deps, list(steps), problems, index_of)
     problems.raise_if_any()
-    return Plan(steps=steps, deps=deps, order=tuple(order))
+    dag = Plan(steps=steps, deps=deps, order=tuple(order))
+    for sid in steps:  # other kinds' code may query any earlier step through its cursor
+        if sid not in reads:
+            reads[sid] = tuple(sorted(dag.upstream(sid)))
+    return Plan(steps=steps, deps=deps, order=tuple(order), reads=reads)
 
 
 def _sql_deps(step: SqlStep, sid: str, index: int, steps: Mapping[str, StepBase],

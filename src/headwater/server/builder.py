@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headwater.config.loader import PIPELINES_DIR, PipelineFile, parse_pipeline, read_yaml_text
-from headwater.config.roundtrip import load, render
 from headwater.exceptions import ConfigError, HeadwaterError
 
 if TYPE_CHECKING:
@@ -49,6 +48,8 @@ def version_of(text: str) -> str:
 def definition(runtime: ProjectRuntime, name: str) -> tuple[dict[str, Any], str, str]:
     """(the pipeline as JSON, its file, the file's version) of an existing pipeline."""
     pf = runtime.pipeline(name)
+    from headwater.config.roundtrip import load  # ruamel: only for the builder's pages
+
     text = pf.path.read_text(encoding="utf-8")
     doc = load(text)
     if not isinstance(doc, dict):
@@ -70,6 +71,8 @@ def save(runtime: ProjectRuntime, name: str | None, doc: Any, *, expected: str |
     if expected is not None and old_text is not None and version_of(old_text) != expected:
         raise Conflict(f"{_display(runtime, path)} changed on disk since you opened it; "
                        "reload to see the new version (nothing was written)")
+    from headwater.config.roundtrip import render
+
     text = render(doc, old_text)
     if old_text is None:
         text = _schema_header(runtime) + text

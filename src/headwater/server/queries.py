@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from headwater.config.models import PublishStep
 from headwater.config.secrets import REDACTOR
-from headwater.datasets.dataset import Dataset
 from headwater.exceptions import HeadwaterError, NotFoundError
 from headwater.store import listing
 
 if TYPE_CHECKING:
+    from headwater.datasets.dataset import Dataset
     from headwater.server.service import Server
 
 RUN_KEYS = ("id", "seq", "pipeline", "status", "trigger", "trigger_info", "params",
@@ -229,7 +229,7 @@ def rejected_for_run(server: Server, run_id: str, offset: int = 0,
     if name is None:
         return {"dataset": None, "columns": [], "rows": [], "offset": 0, "limit": limit,
                 "total": 0}
-    page = preview_page(Dataset(server.runtime, name), offset=offset, limit=limit,
+    page = preview_page(_dataset(server, name), offset=offset, limit=limit,
                         run_id=row["id"])
     return REDACTOR.deep(page)  # type: ignore[no-any-return]
 
@@ -268,7 +268,7 @@ def dataset(server: Server, name: str, version: int | None = None) -> dict[str, 
     """A version: lineage facts, schema, column stats, drift; and the version list."""
     from headwater.lineage.graph import is_stale
 
-    ds = Dataset(server.runtime, name)
+    ds = _dataset(server, name)
     record = ds.record(version)
     stats = record.get("stats") or {}
     return REDACTOR.deep(jsonable({  # type: ignore[no-any-return]
@@ -303,19 +303,19 @@ def preview(server: Server, name: str, version: int | None, offset: int,
             limit: int) -> dict[str, Any]:
     from headwater.datasets.preview import preview_page
 
-    return preview_page(Dataset(server.runtime, name), version, offset=offset, limit=limit)
+    return preview_page(_dataset(server, name), version, offset=offset, limit=limit)
 
 
 def diff(server: Server, name: str, a: int, b: int) -> dict[str, Any]:
     from headwater.datasets.diff import diff_versions
 
-    return diff_versions(Dataset(server.runtime, name), a, b)
+    return diff_versions(_dataset(server, name), a, b)
 
 
 def rejected_for_version(server: Server, name: str, version: int | None, offset: int,
                          limit: int) -> dict[str, Any]:
     """Rows rejected by the run that made this version."""
-    record = Dataset(server.runtime, name).record(version)
+    record = _dataset(server, name).record(version)
     if not record.get("run_id"):
         return {"dataset": None, "columns": [], "rows": [], "offset": 0, "limit": limit,
                 "total": 0}
@@ -326,7 +326,15 @@ def lineage(server: Server, name: str, version: int | None = None) -> dict[str, 
     """The version's lineage as nodes and edges (and the tree ``headwater lineage`` prints)."""
     from headwater.lineage.flat import to_graph
 
-    tree = Dataset(server.runtime, name).lineage(version)
+    tree = _dataset(server, name).lineage(version)
     graph = to_graph(tree)
     return REDACTOR.deep(jsonable({"dataset": name,  # type: ignore[no-any-return]
                                    "version": tree["node"]["version"], **graph}))
+
+
+def _dataset(server: Server, name: str) -> Dataset:
+    """A dataset handle; Arrow and Delta load with the first dataset page or call, not
+    with the server (they were a fifth of ``serve``'s start before /api/health)."""
+    from headwater.datasets.dataset import Dataset
+
+    return Dataset(server.runtime, name)

@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from headwater.engine.runner import execute_run
 from headwater.exceptions import HeadwaterError
 from headwater.runtime import ProjectRuntime
 from headwater.server import metrics
@@ -301,6 +300,8 @@ class Server:
         return out
 
     def _execute(self, run_id: str) -> None:
+        from headwater.engine.runner import execute_run  # loads with the first run
+
         try:
             row = execute_run(self.runtime, run_id, worker=self.worker,
                               parking=callback_base(self.options.host, self.options.port))

@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING, Any
 from headwater.config.secrets import REDACTOR
 from headwater.exceptions import HeadwaterError
 from headwater.runtime import ProjectRuntime
-from headwater.steps.run_pipeline import FINAL, child_failure, child_outcome
-from headwater.steps.waits import PollWait, json_output, poll_once, timed_out
 from headwater.store import waits as waitstore
 from headwater.store.store import Store, utcnow
 
@@ -80,6 +78,10 @@ def tick(runtime: ProjectRuntime) -> int:
 
 
 def _poll(runtime: ProjectRuntime, row: dict[str, Any]) -> None:
+    # imported here: the HTTP client and Jinja would otherwise load with every server,
+    # before /api/health answers, though most never park a run (issue 12, cold start)
+    from headwater.steps.waits import PollWait, poll_once, timed_out
+
     store = runtime.store
     # no retries inside one poll: the next poll is the retry, and a tick stays short
     wait = dataclasses.replace(PollWait.from_json(row["spec"]["poll"]), retries=0)
@@ -104,6 +106,8 @@ def _poll(runtime: ProjectRuntime, row: dict[str, Any]) -> None:
 
 def _check_child(store: Store, row: dict[str, Any]) -> None:
     """A ``run_pipeline`` wait: done when the child run ends (failed with its error)."""
+    from headwater.steps.run_pipeline import FINAL, child_failure, child_outcome
+
     child = store.run(row["spec"]["child_run_id"])
     if child["status"] in FINAL:
         outcome = child_outcome(child)
@@ -133,6 +137,8 @@ def _settle(runtime: ProjectRuntime, row: dict[str, Any]) -> int:
         message = REDACTOR(f"step '{step_id}' ({kind}) failed: {row['error']}")
         waitstore.fail_waiting_run(store, run_id, step_id, message)
         return 0
+    from headwater.steps.waits import json_output
+
     body = (row["result"] or {}).get("json")
     workdir = runtime.runs_dir / run_id
     workdir.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,23 @@ class StepContext(Protocol):
         """Execute another (already created) run here, to the end; its final row."""
 
 
+def rejected_dataset(pipeline: str) -> str:
+    """The dataset a pipeline's quarantined rows are published to."""
+    return f"{pipeline}__rejected"
+
+
+class Parked(Exception):
+    """Raised by a step that recorded a wait in the store: the engine parks the run.
+
+    It lives here, not in ``steps.waits`` (which re-exports it), so the engine can catch
+    it without importing the HTTP client every run would otherwise pay for.
+    """
+
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.token = token
+
+
 StepFunction = Callable[["StepContext", Any], StepOutput]
 
 _REGISTRY: dict[str, StepFunction] = {}
@@ -136,9 +153,10 @@ def register(kind: str) -> Callable[[StepFunction], StepFunction]:
 
 
 def step_function(kind: str) -> StepFunction:
+    """The function that runs steps of ``kind``, importing only that kind's module."""
     from headwater import steps as _steps
 
-    _steps.load_all()
+    _steps.load(kind)
     try:
         return _REGISTRY[kind]
     except KeyError:

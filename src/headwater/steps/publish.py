@@ -30,7 +30,13 @@ from headwater.exceptions import HeadwaterError, PublishError, StepError
 from headwater.sqltext import ident as quote
 from headwater.sqltext import text as sql_string
 from headwater.steps.align import Cast, aligned
-from headwater.steps.base import REJECTED_COLUMNS, StepContext, StepOutput, register
+from headwater.steps.base import (
+    REJECTED_COLUMNS,
+    StepContext,
+    StepOutput,
+    register,
+    rejected_dataset,
+)
 
 if TYPE_CHECKING:
     from headwater.runtime import ProjectRuntime
@@ -38,10 +44,6 @@ if TYPE_CHECKING:
 BATCH_ROWS = 256_000
 PENDING_LOOKBACK = 3
 """How many of a dataset's newest versions are checked for rejected rows still owed."""
-
-
-def rejected_dataset(pipeline: str) -> str:
-    return f"{pipeline}__rejected"
 
 
 def _final_query(con: Any, relation: str, config: PublishConfig) -> str:

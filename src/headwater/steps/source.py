@@ -33,7 +33,6 @@ from headwater.exceptions import (
 )
 from headwater.sqltext import text as sql_string
 from headwater.steps.base import StepContext, StepOutput, register, state_key
-from headwater.steps.http_source import read_http
 
 
 @register("source")
@@ -50,6 +49,8 @@ def run_source(ctx: StepContext, step: SourceStep) -> StepOutput:
 
         return run_stream(ctx, source)
     if isinstance(source, HttpSource):
+        from headwater.steps.http_source import read_http  # httpx: only for http sources
+
         return read_http(ctx, source)
     raise ConfigError(f"source type {source.type!r} is not available yet in this version "
                       "(available: files, dataset, http, stream, sql)", problems=[])

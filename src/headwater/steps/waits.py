@@ -25,17 +25,12 @@ from headwater.connectors import http as httpconn
 from headwater.connectors.json_arrow import JsonSpool
 from headwater.exceptions import ConfigError, TerminalSourceError, TransientSourceError
 from headwater.sqltext import text as sql_string
-from headwater.steps.base import StepOutput
+from headwater.steps.base import Parked, StepOutput
 
 _AUTH: TypeAdapter[Any] = TypeAdapter(HttpAuth)
 
-
-class Parked(Exception):
-    """Raised by a step that recorded a wait in the store: the engine parks the run."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__(token)
-        self.token = token
+__all__ = ["Parked", "PollResult", "PollWait", "check_conditions", "json_output", "poll_once",
+           "snippet", "timed_out", "wait_by_polling"]
 
 
 @dataclass(frozen=True)

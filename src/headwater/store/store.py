@@ -33,8 +33,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql as postgresql_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from headwater.exceptions import NotFoundError, StoreError
@@ -471,7 +469,7 @@ class Store:
         """Upsert each key: a concurrent writer of the same key (a repair recording the same
         commit) must not fail a run whose data is already published."""
         now = utcnow()
-        dialect: Any = sqlite_dialect if self.is_sqlite else postgresql_dialect
+        dialect = _upsert_dialect(self.is_sqlite)
         for (step_id, key), value in state.items():
             values = {"value": dict(value), "run_id": run_id, "updated_at": now}
             stmt = dialect.insert(t.incremental_state).values(
@@ -482,6 +480,18 @@ class Store:
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+
+
+def _upsert_dialect(is_sqlite: bool) -> Any:
+    """The dialect module whose ``insert`` has ``on_conflict_do_update``; imported here, not
+    at the top, so a SQLite store never loads the PostgreSQL dialect (and asyncpg's)."""
+    if is_sqlite:
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql
 
 
 def _redact(url: str) -> str:
