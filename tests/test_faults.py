@@ -184,3 +184,115 @@ def test_postgres_restart_mid_run_store_and_sql_source(make_project: ProjectFact
         assert (0, 600) == (duplicates(ids), len(ids))
         log, recorded = commits_and_records(project, "items")
         assert log == recorded and len(log) == 2
+
+
+WATCH_PIPELINE = """
+name: watch
+triggers:
+  - table_change: {connection: db, probe: "SELECT max(id) FROM items", every: 300ms}
+steps:
+  - id: raw
+    retries: {count: 3, backoff: 0.2}
+    source: {type: sql, connection: db, table: items, key: id, incremental: {cursor: id}}
+  - id: publish
+    publish: {input: raw, dataset: items}
+"""
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_postgres_restart_under_serve_store_and_probe(make_project: ProjectFactory,
+                                                      fault_db: FaultDb,
+                                                      serve: Callable[..., Any]) -> None:
+    """``serve`` with its store and a table-change probe in one database: after every
+    connection is cut, the probe reconnects and fires for new rows, the dispatcher claims
+    and records the run, and every row lands exactly once."""
+    fault_db.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+    root = make_project({"watch": WATCH_PIPELINE}, settings=pg_settings(fault_db))
+    server = serve(root)
+    with hw.Project(root) as project:
+        def rows() -> int:
+            names = {d["name"] for d in project.datasets()}
+            return project.dataset("items").to_arrow().num_rows if "items" in names else 0
+
+        fault_db.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 100) g")
+        until(lambda: rows() == 100, 60, "the first 100 rows")
+        assert fault_db.restart() >= 2  # at least the server's store and its probe
+        fault_db.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(101, 250) g")
+        until(lambda: rows() == 250, 60, "the rows inserted after the restart")
+        assert fault_db.restart() >= 1  # once more, right after a run
+        fault_db.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(251, 300) g")
+        until(lambda: rows() == 300, 60, "the rows inserted after the second restart")
+        until(lambda: not running_runs(project), 30, "no run left running")
+        ids = project.dataset("items").to_arrow()["id"].to_pylist()
+        assert (0, 300) == (duplicates(ids), len(set(ids)))
+        log, recorded = commits_and_records(project, "items")
+        assert log == recorded
+        assert all(r.ok for r in project.runs("watch", limit=100)), \
+            [(r.status, r.error) for r in project.runs("watch", limit=100)]
+    assert server.proc.poll() is None, server.log.read_text()[-3000:]
+
+
+# --------------------------------------------------------------------------- disk full
+
+ORDERS = """
+name: orders
+steps:
+  - id: raw
+    source: {type: files, path: landing/*.csv, incremental: true}
+  - id: publish
+    publish: {input: raw, dataset: orders}
+"""
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs (CI runs as root on a fresh machine). Skipped only when mounting is
+    refused (no privilege): there is no honest ENOSPC without a small filesystem."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"mounting a 2 MB tmpfs was refused: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _random_csv(path: Path, first: int, rows: int) -> None:
+    """Rows with an incompressible column, so the Parquet file is about as big."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        out.write("id,blob\n")
+        for n in range(first, first + rows):
+            out.write(f"{n},{os.urandom(48).hex()}\n")
+
+
+def test_full_disk_fails_clearly_and_changes_nothing(make_project: ProjectFactory,
+                                                     tiny_disk: Path) -> None:
+    """A warehouse on a full filesystem: the run fails saying so (naming the step), no
+    version is recorded or committed, the incremental state keeps the file unseen, and
+    once space is freed the next run ingests every row exactly once."""
+    root = make_project({"orders": ORDERS}, settings=f"warehouse: {tiny_disk}/warehouse\n")
+    _random_csv(root / "landing/a.csv", 0, 100)
+    with hw.Project(root) as project:
+        assert project.run("orders").ok
+        state = project.runtime.store.state("orders", "raw")
+        _random_csv(root / "landing/b.csv", 100, 40_000)  # ~4 MB on a 2 MB disk
+        failed = project.run("orders")
+        assert "failed" == failed.status
+        error = (failed.error or "").lower()
+        assert "no space left" in error and "publish" in error, failed.error
+        assert state == project.runtime.store.state("orders", "raw")
+        log, recorded = commits_and_records(project, "orders")
+        assert log == recorded and 1 == len(recorded)
+        assert [] == running_runs(project)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
+        again = project.run("orders")
+        assert again.ok, again.error
+        ids = project.dataset("orders").to_arrow()["id"].to_pylist()
+        assert (0, 40_100) == (duplicates(ids), len(set(ids)))
+        log, recorded = commits_and_records(project, "orders")
+        assert log == recorded and 2 == len(recorded)
