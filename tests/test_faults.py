@@ -11,6 +11,9 @@ incremental state did not advance past the data, and the next run ingests every 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -294,5 +298,127 @@ def test_full_disk_fails_clearly_and_changes_nothing(make_project: ProjectFactor
         assert again.ok, again.error
         ids = project.dataset("orders").to_arrow()["id"].to_pylist()
         assert (0, 40_100) == (duplicates(ids), len(set(ids)))
+        log, recorded = commits_and_records(project, "orders")
+        assert log == recorded and 2 == len(recorded)
+
+
+# --------------------------------------------------------------------------- Azurite
+
+AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+               "KBHBeksoGMGw==")
+"""Azurite's well-known development key (public)."""
+
+
+def _azurite_bin() -> str:
+    """The Azurite that ``scripts/start-services.sh`` installs (``npm ci`` in the repo), or
+    ``$AZURITE_BIN``, or one on PATH."""
+    for candidate in (os.environ.get("AZURITE_BIN"), str(REPO / "node_modules/.bin/azurite-blob"),
+                      shutil.which("azurite-blob")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise AssertionError("Azurite is not installed: run scripts/start-services.sh azurite "
+                         "(or set AZURITE_BIN)")
+
+
+class Azurite:
+    """A private Azurite blob service on a free port, persisting to a folder, that the test
+    can kill and start again on the same storage."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+                f"AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{self.port}/devstoreaccount1;")
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [_azurite_bin(), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+             "--location", str(self.folder), "--skipApiVersionCheck", "--loose",
+             "--disableTelemetry", "--silent"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        until(self._answers, 60, "Azurite to start")
+
+    def _answers(self) -> bool:
+        try:
+            httpx.get(f"http://127.0.0.1:{self.port}/devstoreaccount1?comp=list", timeout=1)
+            return True
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stored_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def azurite(tmp_path: Path) -> Iterator[Azurite]:
+    service = Azurite(tmp_path / "azurite")
+    service.start()
+    try:
+        yield service
+    finally:
+        service.kill()
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_azurite_killed_mid_upload(make_project: ProjectFactory, azurite: Azurite,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blob service dies while a run uploads a version's files: the run fails naming
+    the warehouse (no account key printed), nothing is committed or recorded, the file
+    stays unseen; once Azurite is back on the same storage, the next run leaves every row
+    in the dataset exactly once."""
+    import fsspec
+
+    fs = fsspec.filesystem("az", connection_string=azurite.connection_string)
+    fs.mkdir("lake")
+    root = make_project({"orders": ORDERS},
+                        settings=("warehouse: az://lake/warehouse\n"
+                                  "warehouse_connection: lake\n"
+                                  "connections:\n  lake: {type: azure_blob, "
+                                  "connection_string: \"${env:HW_WH_CONN}\"}\n"))
+    monkeypatch.setenv("HW_WH_CONN", azurite.connection_string)  # the port stays the same
+    _random_csv(root / "landing/a.csv", 0, 100)
+    first = cli(root, "run", "orders")
+    out, err = first.communicate(timeout=120)
+    assert 0 == first.returncode, out + err
+    with hw.Project(root) as project:
+        state = project.runtime.store.state("orders", "raw")
+    before = azurite.stored_bytes()
+    _random_csv(root / "landing/b.csv", 100, 200_000)  # ~20 MB of incompressible text
+    proc = cli(root, "run", "orders")
+    until(lambda: azurite.stored_bytes() > before + 2_000_000, 120, "the upload", proc)
+    azurite.kill()  # and it stays down until the run gives up
+    out, err = proc.communicate(timeout=300)
+    assert 1 == proc.returncode, out + err
+    assert "az://lake/warehouse/orders" in err and "publish" in err, err[-2000:]
+    assert AZURITE_KEY not in out + err
+    azurite.start()  # same storage folder
+    with hw.Project(root) as project:
+        assert state == project.runtime.store.state("orders", "raw")
+        log, recorded = commits_and_records(project, "orders")
+        assert log == recorded and 1 == len(recorded)
+        assert [] == running_runs(project)
+        again = project.run("orders")
+        assert again.ok, again.error
+        ids = project.dataset("orders").to_arrow()["id"].to_pylist()
+        assert (0, 200_100) == (duplicates(ids), len(set(ids)))
         log, recorded = commits_and_records(project, "orders")
         assert log == recorded and 2 == len(recorded)
