@@ -190,6 +190,9 @@ def test_postgres_restart_mid_run_store_and_sql_source(make_project: ProjectFact
         assert log == recorded and len(log) == 2
 
 
+LOST = ("server closed the connection", "terminating connection", "connection is closed")
+"""How a cut connection reads in a run's error (the database's own words)."""
+
 WATCH_PIPELINE = """
 name: watch
 triggers:
@@ -232,8 +235,10 @@ def test_postgres_restart_under_serve_store_and_probe(make_project: ProjectFacto
         assert (0, 300) == (duplicates(ids), len(set(ids)))
         log, recorded = commits_and_records(project, "items")
         assert log == recorded
-        assert all(r.ok for r in project.runs("watch", limit=100)), \
-            [(r.status, r.error) for r in project.runs("watch", limit=100)]
+        # a run whose store connection was cut mid-transaction may fail, naming the cause
+        unclear = [(r.status, r.error) for r in project.runs("watch", limit=100)
+                   if not r.ok and not any(cause in (r.error or "") for cause in LOST)]
+        assert [] == unclear
     assert server.proc.poll() is None, server.log.read_text()[-3000:]
 
 
