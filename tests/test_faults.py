@@ -10,12 +10,14 @@ incremental state did not advance past the data, and the next run ingests every 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -79,6 +81,65 @@ def fault_db() -> Iterator[FaultDb]:
             conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
 
 
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own (``initdb`` + ``pg_ctl`` as the ``postgres``
+    OS user), so it can really be restarted. Same interface as :class:`FaultDb`."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="hw-pg-"))
+        shutil.chown(self.dir, "postgres")
+        self.port = _free_port()
+        self.plain = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.url = self.plain.replace("postgresql://", "postgresql+psycopg://", 1)
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.dir / "data"), "-A", "trust",
+                          "-U", "postgres", "--no-sync")
+        self._ctl("start")
+
+    def _as_postgres(self, *argv: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True,
+                       capture_output=True, timeout=120)
+
+    def _ctl(self, action: str) -> None:
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off")
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast",
+                          "-w", "-l", str(self.dir / "log"), "-o", options, action)
+
+    def execute(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.plain, autocommit=True) as conn:
+            cur = conn.execute(statement, params)
+            return list(cur.fetchall()) if cur.description else []
+
+    def restart(self, where: str = "") -> int:
+        """A real restart (fast shutdown: every session is ended, then it starts again)."""
+        self._ctl("restart")
+        return 1
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self._ctl("stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["terminate", "restart"])
+def pg_fault(request: pytest.FixtureRequest) -> Iterator[FaultDb | PrivatePostgres]:
+    """``terminate``: a throwaway database on the shared server whose backends the test
+    terminates; ``restart``: a private cluster the test really restarts."""
+    if request.param == "terminate":
+        yield request.getfixturevalue("fault_db")
+        return
+    if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL 15 server binaries (initdb, pg_ctl) or runuser are missing")
+    cluster = PrivatePostgres()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
           proc: subprocess.Popen[str] | None = None) -> Any:
     """Wait for ``predicate``; fail at once (with its output) if ``proc`` ended meanwhile."""
@@ -126,7 +187,7 @@ def running_runs(project: hw.Project) -> list[str]:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def pg_settings(db: FaultDb) -> str:
+def pg_settings(db: FaultDb | PrivatePostgres) -> str:
     """A store and a ``db`` connection, both in the throwaway database."""
     return f"store: {db.url}\nconnections:\n  db: {{type: postgres, url: \"{db.plain}\"}}\n"
 
@@ -134,7 +195,7 @@ SQL_PIPELINE = """
 name: load
 steps:
   - id: raw
-    retries: {count: 3, backoff: 0.2}
+    retries: {count: 5, backoff: 0.5}
     source:
       type: sql
       connection: db
@@ -154,23 +215,23 @@ test's marker file (a window to cut the store's idle and heartbeating connection
 
 @pytest.mark.services
 @pytest.mark.slow
-def test_postgres_restart_mid_run_store_and_sql_source(make_project: ProjectFactory,
-                                                       fault_db: FaultDb) -> None:
+def test_postgres_restart_mid_run_store_and_sql_source(
+        make_project: ProjectFactory, pg_fault: FaultDb | PrivatePostgres) -> None:
     """Every connection of the database holding both the store and the source is cut
     twice: while the source query runs (the step retries) and while a later step runs
     (the store reconnects). The run succeeds with every row once and the next run too."""
-    fault_db.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
-    fault_db.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 500) g")
+    pg_fault.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+    pg_fault.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 500) g")
     root = make_project({"load": SQL_PIPELINE.replace("SLEEP", "0.004")},
-                        settings=pg_settings(fault_db))
+                        settings=pg_settings(pg_fault))
     proc = cli(root, "run", "load", env={"HEADWATER_HEARTBEAT_SECONDS": "0.05"})
     # the source query sleeps 4 ms per row (2 s in all): cut it while it runs
-    until(lambda: fault_db.execute(
+    until(lambda: pg_fault.execute(
         "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' AND state = 'active' "
         "AND pid <> pg_backend_pid()"), 60, "the source query to run", proc)
-    killed_source = fault_db.restart()
+    killed_source = pg_fault.restart()
     until(lambda: (root / "reached").exists(), 60, "the waiting step", proc)
-    killed_idle = fault_db.restart()
+    killed_idle = pg_fault.restart()
     (root / "go").touch()
     out, err = proc.communicate(timeout=120)
     assert killed_source >= 1 and killed_idle >= 1
@@ -181,7 +242,7 @@ def test_postgres_restart_mid_run_store_and_sql_source(make_project: ProjectFact
         ids = project.dataset("items").to_arrow()["id"].to_pylist()
         assert (0, 500) == (duplicates(ids), len(ids))
         assert [] == running_runs(project)
-        fault_db.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(501, 600) g")
+        pg_fault.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(501, 600) g")
         (root / "go").touch()
         assert project.run("load").ok
         ids = project.dataset("items").to_arrow()["id"].to_pylist()
