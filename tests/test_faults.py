@@ -191,6 +191,7 @@ def pg_settings(db: FaultDb | PrivatePostgres) -> str:
     """A store and a ``db`` connection, both in the throwaway database."""
     return f"store: {db.url}\nconnections:\n  db: {{type: postgres, url: \"{db.plain}\"}}\n"
 
+
 SQL_PIPELINE = """
 name: load
 steps:
@@ -217,9 +218,10 @@ test's marker file (a window to cut the store's idle and heartbeating connection
 @pytest.mark.slow
 def test_postgres_restart_mid_run_store_and_sql_source(
         make_project: ProjectFactory, pg_fault: FaultDb | PrivatePostgres) -> None:
-    """Every connection of the database holding both the store and the source is cut
-    twice: while the source query runs (the step retries) and while a later step runs
-    (the store reconnects). The run succeeds with every row once and the next run too."""
+    """The database holding both the store and the source loses every connection twice
+    (terminated backends, or a real restart of a private cluster): while the source query
+    runs (the step retries) and while a later step runs (the store reconnects). The run
+    succeeds with every row once, and so does the next run."""
     pg_fault.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
     pg_fault.execute("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 500) g")
     root = make_project({"load": SQL_PIPELINE.replace("SLEEP", "0.004")},
@@ -237,6 +239,10 @@ def test_postgres_restart_mid_run_store_and_sql_source(
     assert killed_source >= 1 and killed_idle >= 1
     assert 0 == proc.returncode, out + err
     with hw.Project(root) as project:
+        store = project.runtime.store
+        run_id = project.runs("load")[0].id
+        attempts = [s["status"] for s in store.steps(run_id) if s["step_id"] == "raw"]
+        assert "failed" == attempts[0] and "succeeded" == attempts[-1]  # it was retried
         log, recorded = commits_and_records(project, "items")
         assert log == recorded and len(log) == 1
         ids = project.dataset("items").to_arrow()["id"].to_pylist()
