@@ -260,7 +260,8 @@ def ticks_and_files(base: Path, store: str, ticks: int, files: int,
         figures["file files landed"] = files
         figures.update(row_figures(ids, expected, "file"))
         figures["file runs failed"] = sum(r.status == "failed" for r in hwp.runs("ingest", 100_000))
-        figures["workers that ran ticks"] = len({r["worker"] for r in runs_by_id.values()})
+        figures["workers that ran ticks"] = len({r["worker"] for r in runs_by_id.values()
+                                                 if r["worker"]})
     figures["ticks runs stuck (running after the servers stopped)"] = left_running(root)
     figures["ticks seconds"] = round(time.perf_counter() - started, 1)
     return figures
