@@ -81,6 +81,12 @@ def fault_db() -> Iterator[FaultDb]:
             conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -361,6 +367,7 @@ def test_full_disk_fails_clearly_and_changes_nothing(make_project: ProjectFactor
         assert "failed" == failed.status
         error = (failed.error or "").lower()
         assert "no space left" in error and "publish" in error, failed.error
+        assert f"{tiny_disk}/warehouse/orders".lower() in error  # names the warehouse
         assert state == project.runtime.store.state("orders", "raw")
         log, recorded = commits_and_records(project, "orders")
         assert log == recorded and 1 == len(recorded)
@@ -431,12 +438,6 @@ class Azurite:
 
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
