@@ -275,7 +275,7 @@ CUT = ("metadata store error", "terminating connection", "server closed the conn
 WATCH_PIPELINE = """
 name: watch
 triggers:
-  - table_change: {connection: db, probe: "SELECT max(id) FROM items", every: 300ms}
+  - table_change: {connection: probe, probe: "SELECT max(id) FROM items", every: 300ms}
 steps:
   - id: raw
     retries: {count: 3, backoff: 0.2}
@@ -295,7 +295,10 @@ def test_postgres_restart_under_serve_store_and_probe(make_project: ProjectFacto
     probe reconnects and fires for new rows, the dispatcher claims and records the run,
     every run succeeds and every row lands exactly once."""
     fault_db.execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
-    root = make_project({"watch": WATCH_PIPELINE}, settings=pg_settings(fault_db))
+    probe = f"{fault_db.plain}?application_name=hw_probe"  # to see it in pg_stat_activity
+    root = make_project({"watch": WATCH_PIPELINE},
+                        settings=pg_settings(fault_db) + f"  probe: {{type: postgres, url: "
+                                                         f"\"{probe}\"}}\n")
     server = serve(root)
     with hw.Project(root) as project:
         def settled(count: int) -> bool:
@@ -308,10 +311,12 @@ def test_postgres_restart_under_serve_store_and_probe(make_project: ProjectFacto
         def runs() -> list[tuple[str, str | None]]:
             return [(r.status, r.error) for r in project.runs("watch", limit=100)]
 
-        # the probe's first answer is its baseline: insert only after it was taken
+        # the probe's first answer is its baseline: insert only after it was taken (its
+        # connection is open, and a few probe intervals have passed)
         until(lambda: fault_db.execute("SELECT 1 FROM pg_stat_activity "
-                                       "WHERE query = 'SELECT max(id) FROM items'"),
-              60, "the probe's baseline")
+                                       "WHERE application_name = 'hw_probe'"),
+              60, "the probe's connection")
+        time.sleep(1.5)
         for first, last in ((1, 100), (101, 250), (251, 300)):
             if first > 1:
                 assert fault_db.restart() >= 2, runs()  # at least the store and the probe
