@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -32,6 +33,8 @@ import pytest
 
 import headwater as hw
 from headwater.datasets import delta
+from headwater.exceptions import StoreError
+from headwater.store.store import Store
 from tests.conftest import PG_ADMIN, ProjectFactory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,6 +127,12 @@ class PrivatePostgres:
         self._ctl("restart")
         return 1
 
+    def down(self) -> None:
+        self._ctl("stop")
+
+    def up(self) -> None:
+        self._ctl("start")
+
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):
             self._ctl("stop")
@@ -137,6 +146,11 @@ def pg_fault(request: pytest.FixtureRequest) -> Iterator[FaultDb | PrivatePostgr
     if request.param == "terminate":
         yield request.getfixturevalue("fault_db")
         return
+    yield request.getfixturevalue("private_pg")
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
     if not (PG_BIN / "initdb").exists() or shutil.which("runuser") is None:
         pytest.skip("PostgreSQL 15 server binaries (initdb, pg_ctl) or runuser are missing")
     cluster = PrivatePostgres()
@@ -196,6 +210,29 @@ def running_runs(project: hw.Project) -> list[str]:
 def pg_settings(db: FaultDb | PrivatePostgres) -> str:
     """A store and a ``db`` connection, both in the throwaway database."""
     return f"store: {db.url}\nconnections:\n  db: {{type: postgres, url: \"{db.plain}\"}}\n"
+
+
+@pytest.mark.services
+def test_store_waits_out_a_restart_but_not_a_wrong_url(private_pg: PrivatePostgres) -> None:
+    """A store that answered before waits for a restarting server (connections refused for
+    1.5 s) instead of failing the write; a store never reached fails at once."""
+    store = Store(private_pg.url)
+    run_id = store.create_run("p")
+    private_pg.down()
+    comeback = threading.Timer(1.5, private_pg.up)
+    comeback.start()
+    started = time.monotonic()
+    try:
+        store.update_run(run_id, status="running")  # refused until the server is back
+    finally:
+        comeback.join()
+    assert time.monotonic() - started >= 1.0
+    assert "running" == store.run(run_id)["status"]
+    store.close()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="Connection refused"):
+        Store(f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/nowhere")
+    assert time.monotonic() - started < 10
 
 
 SQL_PIPELINE = """
