@@ -492,6 +492,12 @@ class Azurite:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
 
+    def persisted(self, blob_name: str) -> bool:
+        """True once Azurite saved the metadata naming ``blob_name`` to disk (it saves
+        every few seconds: a SIGKILL before that loses what it acknowledged)."""
+        db = self.folder / "__azurite_db_blob__.json"
+        return db.exists() and blob_name in db.read_text(encoding="utf-8", errors="replace")
+
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
 
@@ -530,6 +536,10 @@ def test_azurite_killed_mid_upload(make_project: ProjectFactory, azurite: Azurit
     assert 0 == first.returncode, out + err
     with hw.Project(root) as project:
         state = project.runtime.store.state("orders", "raw")
+    # the first version must be durable in Azurite before it is killed (a real service's
+    # acknowledged writes are): its metadata is saved to disk every few seconds
+    until(lambda: azurite.persisted("_delta_log/00000000000000000000.json"), 60,
+          "Azurite to save the first version")
     before = azurite.stored_bytes()
     _random_csv(root / "landing/b.csv", 100, 200_000)  # ~20 MB of incompressible text
     proc = cli(root, "run", "orders")
