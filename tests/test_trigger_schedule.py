@@ -366,6 +366,23 @@ def test_interval_trigger_fires_every_tick_precisely() -> None:
     assert all(0 <= late < 0.05 for late in lateness), lateness
 
 
+def test_a_late_wake_up_never_skips_a_live_tick() -> None:
+    """Once running, every tick fires even if the trigger wakes late: an emit that took
+    3.5 intervals (a slow store under load) made the trigger skip the windows it spanned."""
+    trigger = ScheduleTrigger("orders", 1, TriggerConfig(interval=0.1))
+    fires: list[Fire] = []
+
+    async def slow_first(fire: Fire) -> None:
+        if not fires:
+            await asyncio.sleep(0.35)
+        fires.append(fire)
+
+    asyncio.run(_run_for(trigger, 0.9, slow_first))
+    windows = [fire.window for fire in fires if fire.window]
+    assert len(windows) >= 6
+    _assert_contiguous(trigger.schedule, windows)
+
+
 def test_catchup_emits_missed_windows_at_start() -> None:
     """Started with a cursor 3 days old, a catchup trigger emits 3 windows at once."""
     now = datetime.now(UTC)

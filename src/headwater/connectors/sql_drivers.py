@@ -250,10 +250,27 @@ class _AdbcSession:
                 handle.close()
 
 
+_LOST_SQLSTATES = ("57P01", "57P02", "57P03")
+"""Admin shutdown, crash shutdown, cannot connect now: what a server restart looks like."""
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """True when the server went away (a restart, a terminated backend, a dropped socket).
+
+    ADBC's low-level statement reports these with a generic error type, so the SQLSTATE
+    (class 08, or 57P01-03) decides; the message is the fallback for errors without one.
+    """
+    state = str(getattr(exc, "sqlstate", None) or "")
+    text = str(exc).lower()
+    return (type(exc).__name__ in ("OperationalError", "InterfaceError")
+            or state.startswith("08") or state in _LOST_SQLSTATES
+            or "terminating connection" in text
+            or ("connection" in text and "closed" in text))
+
+
 def _read_error(spec: ConnectionSpec, exc: BaseException) -> Exception:
     """A lost connection is worth a retry; a rejected query is not."""
-    if type(exc).__name__ in ("OperationalError", "InterfaceError") or \
-            ("connection" in str(exc).lower() and "closed" in str(exc).lower()):
+    if _connection_lost(exc):
         return TransientSourceError(f"{spec.describe()} failed while reading: {_cause(exc)}",
                                     source=spec.name)
     return query_failed(spec, exc)

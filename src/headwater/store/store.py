@@ -88,6 +88,37 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+RECONNECT_PATIENCE_S = float(os.environ.get("HEADWATER_STORE_RECONNECT_SECONDS", "30"))
+"""How long a server store that answered before may refuse connections (a restart)."""
+
+
+class _PatientConnect:
+    """A ``do_connect`` hook: once the store has answered, a refused connection is tried
+    again for :data:`RECONNECT_PATIENCE_S` seconds instead of failing the run at once.
+
+    A PostgreSQL restart refuses connections for a second or two; the pool's pre-ping
+    then reconnects, and without patience the first heartbeat or log line of every run in
+    flight failed it. Connecting is always safe to repeat: nothing was sent yet. A store
+    never reached (a wrong URL) still fails at once.
+    """
+
+    def __init__(self) -> None:
+        self.reached = False
+
+    def __call__(self, dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        deadline = time.monotonic() + RECONNECT_PATIENCE_S
+        while True:
+            try:
+                conn = dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError:
+                if not self.reached or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.25)
+                continue
+            self.reached = True
+            return conn
+
+
 class Store:
     """Runs, step attempts, logs, datasets, versions and incremental state."""
 
@@ -115,7 +146,9 @@ class Store:
             )
             event.listen(engine, "connect", _sqlite_pragmas)
             return engine
-        return create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        engine = create_engine(self.url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        event.listen(engine, "do_connect", _PatientConnect())
+        return engine
 
     def close(self) -> None:
         self.engine.dispose()

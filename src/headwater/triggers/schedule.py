@@ -355,8 +355,13 @@ class ScheduleTrigger:
     async def run(self, emit: Emit) -> None:
         if self.last is None:
             self.last = self.clock()
+        catchup = self.catchup
         while True:
-            windows = windows_missed(self.schedule, self.last, self.clock(), self.catchup)
+            windows = windows_missed(self.schedule, self.last, self.clock(), catchup)
+            # ``catchup`` is about downtime before this start only: once running, a late
+            # wake-up (a busy event loop, a slow store) must not skip a tick, so every
+            # later window fires (two ticks 50 ms apart were skipped under load).
+            catchup = True
             for window in windows:
                 await self._emit(emit, window)
             if windows:
