@@ -134,10 +134,8 @@ ensure_services() {
 # ------------------------------------------------------------------------- Azurite
 
 ensure_azurite() {
-    if port_open "$AZURITE_PORT"; then
-        say "Azurite (or something) already answers on 127.0.0.1:$AZURITE_PORT"
-        return 0
-    fi
+    # The binary is installed even when something answers on the port: the fault tests
+    # start Azurites of their own (tests/test_faults.py).
     local bin="$ROOT/node_modules/.bin/azurite-blob"
     if [ ! -x "$bin" ]; then
         if ! have npm; then
@@ -150,6 +148,10 @@ ensure_azurite() {
         fi
         say "installing Azurite $AZURITE_VERSION with npm (project-local node_modules) ..."
         (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error </dev/null)
+    fi
+    if port_open "$AZURITE_PORT"; then
+        say "Azurite (or something) already answers on 127.0.0.1:$AZURITE_PORT"
+        return 0
     fi
     mkdir -p "$AZURITE_DIR"
     say "starting Azurite blob service on 127.0.0.1:$AZURITE_PORT (in memory) ..."
