@@ -73,6 +73,7 @@ __all__ = [
     "list_files",
     "materialize",
     "register_filesystem",
+    "scan_partition",
     "scan_sql",
     "split_empty",
     "sql_ident",
@@ -552,3 +553,38 @@ def _quoted_value(plan: _Plan, name: str) -> str:
     kinds = {kind for group in plan.groups for column, kind in group.columns if column == name}
     text = f"CAST({sql_ident(name)} AS VARCHAR)"
     return text if kinds == {"JSON"} else f"'\"' || {text} || '\"'"
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def scan_partition(spec: FilesSource, root: Path, out_dir: Path, name: str,
+                   schema: Sequence[tuple[str, str]],
+                   part: tuple[int, Sequence[FileInfo]]) -> tuple[str, int]:
+    """Scan one partition of a files source into one Parquet file; ``(path, rows)``.
+
+    Runs on a cluster worker (``steps.base.FanOut``). The files are sniffed again here,
+    then every column is cast to ``schema`` (the whole source's, planned once by the
+    step), so partitions union into one table whatever each subset of files looked like.
+    The file appears under its final name only when complete (written aside, renamed),
+    so a partition retried after its worker died never leaves half a file behind.
+    """
+    index, files = part
+    con = _private_con(files)
+    final = out_dir / f"{name}.part-{index:04d}.parquet"
+    aside = final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        scan = scan_sql(files, spec, root=root, con=con, workdir=out_dir,
+                        name=f"{name}-p{index}")
+        have = set(con.sql(scan).columns)
+        columns = ", ".join(
+            (f"CAST({sql_ident(col)} AS {kind})" if col in have else f"CAST(NULL AS {kind})")
+            + f" AS {sql_ident(col)}" for col, kind in schema)
+        rows = _copy(con, f"SELECT {columns} FROM ({scan})", aside)
+        aside.replace(final)
+    except duckdb.Error as exc:
+        raise translate_error(exc, files, name, root=root) from None
+    finally:
+        con.close()
+        aside.unlink(missing_ok=True)
+    return str(final), rows

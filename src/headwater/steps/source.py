@@ -91,9 +91,38 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
         relation = fileconn.scan_sql(new, source, root=root, con=con, workdir=ctx.workdir,
                                      name=ctx.step_id)
         _bind(con, relation, new, ctx.step_id, root)
+        if ctx.fan_out is not None and options is None:
+            return _fanned_out(ctx, source, new, relation, fingerprint, state)
         return StepOutput(relation=relation, sources=[fingerprint], state=state,
                           info={"files": len(new), "lazy": True})
     return _scan_with_rejects(ctx, source, new, fingerprint, state)
+
+
+MAX_PARTITIONS = 64
+"""A files source fans out to at most this many tasks (files are grouped beyond it)."""
+
+
+def _fanned_out(ctx: StepContext, source: FilesSource, files: list[Any], relation: str,
+                fingerprint: dict[str, Any], state: dict[str, Any]) -> StepOutput:
+    """On a cluster: scan groups of files in parallel on workers into Parquet files in
+    the run folder. The schema is the one planned here over all files, so the parts
+    union; the publish then commits every part in one transaction."""
+    import functools
+
+    assert ctx.fan_out is not None
+    bound = ctx.cursor().sql(relation)
+    schema = [(name, str(kind)) for name, kind in zip(bound.columns, bound.types, strict=True)]
+    count = min(len(files), MAX_PARTITIONS)
+    groups = [(i, files[i::count]) for i in range(count)]
+    scan = functools.partial(fileconn.scan_partition, source, ctx.project.root, ctx.workdir,
+                             ctx.step_id, schema)
+    parts: list[tuple[str, int]] = ctx.fan_out(scan, groups)
+    listing = ", ".join(sql_string(path) for path, _ in parts)
+    ctx.log(f"read {len(files)} files in {count} partitions on the cluster",
+            partitions=count)
+    return StepOutput(relation=f"SELECT * FROM read_parquet([{listing}])",
+                      rows=sum(rows for _, rows in parts), sources=[fingerprint], state=state,
+                      info={"files": len(files), "partitions": count})
 
 
 def _no_files(ctx: StepContext, source: FilesSource, path: str) -> StepOutput:
@@ -187,7 +216,8 @@ def _sql(ctx: StepContext, source: SqlSource) -> StepOutput:
                            ctx.project.root)
     previous = ctx.project.store.state(ctx.pipeline, ctx.step_id)
     result = sqlconn.read(spec, source, step_id=ctx.step_id, workdir=ctx.workdir,
-                          previous=previous, cancelled=ctx.cancelled, log=ctx.log)
+                          previous=previous, cancelled=ctx.cancelled, log=ctx.log,
+                          fan_out=ctx.fan_out)
     listing = ", ".join(sql_string(str(f)) for f in result.files)
     relation = f"SELECT * FROM read_parquet([{listing}], union_by_name=true)"
     state = {state_key(ctx.step_id, key): value for key, value in result.state.items()}
