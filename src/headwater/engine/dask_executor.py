@@ -81,6 +81,15 @@ def _distributed() -> Any:
     return distributed
 
 
+def importable() -> bool:
+    """Whether the ``[dask]`` extra imports here (``check`` asks before any run does)."""
+    try:
+        _distributed()
+    except ConfigError:
+        return False
+    return True
+
+
 def cluster_address(config: Any) -> str:
     """The scheduler's address: the configured one, or this process's local cluster's."""
     if config.address is not None:
@@ -123,6 +132,28 @@ def connect(config: Any) -> Any:
                 "executor.address in headwater.yaml, or use 'executor: local'") from None
         _CLIENTS[address] = client
         return client
+
+
+def probe(config: Any) -> tuple[str, bool, str]:
+    """``check --connections``: can this server reach the scheduler, and with how many
+    workers? A local cluster is not started just to be checked."""
+    if config.address is None:
+        try:
+            _distributed()
+        except ConfigError as exc:
+            return "scheduler", False, exc.message
+        return "scheduler", True, (f"not checked: a local cluster of "
+                                   f"{config.local_cluster.workers} workers starts with "
+                                   "the first run")
+    try:
+        client = connect(config)
+        workers = len(client.scheduler_info().get("workers", {}))
+    except HeadwaterError as exc:
+        return "scheduler", False, exc.message
+    if not workers:
+        return "scheduler", False, (f"the Dask scheduler at {config.address} has no "
+                                    "workers: steps would wait for one")
+    return "scheduler", True, f"reachable at {config.address} with {workers} workers"
 
 
 def disconnect(address: str) -> None:
