@@ -17,6 +17,7 @@ from a file become NULL. This module must never write outside ``out_path``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
@@ -111,7 +112,9 @@ def _private_con(files: Sequence[FileInfo]) -> duckdb.DuckDBPyConnection:
     Remote filesystems are registered without storage options: enough for ``memory://``
     or public buckets; private ones need the caller's connection with its options.
     """
-    con = duckdb.connect()
+    threads = os.environ.get("HEADWATER_DUCKDB_THREADS", "").strip()  # engine.duckdb_pool
+    con = duckdb.connect(config={"threads": int(threads)} if threads.isdigit() and
+                         int(threads) > 0 else {})
     by_protocol = {url_protocol(f.path): f.path for f in files if is_remote(f.path)}
     for url in by_protocol.values():
         register_filesystem(con, url, None)

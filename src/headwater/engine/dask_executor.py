@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
+import os
 import pickle
 import threading
+import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -210,7 +213,8 @@ class DaskExecutor:
         cancels them. The first task that fails cancels the others and is raised."""
         batch = uuid.uuid4().hex[:10]
         keys = [f"hw-part-{ctx.step_id}-{batch}-{i}" for i in range(len(items))]
-        futures = self.client.map(func, list(items), key=keys, pure=False)
+        futures = self.client.map(functools.partial(_task, func), list(items), key=keys,
+                                  pure=False)
         self._wait(ctx, futures)
         return list(self.client.gather(futures))
 
@@ -254,13 +258,10 @@ class DaskExecutor:
         signal = distributed.Event(key, client=self.client)
         ctx.on_interrupt(signal.set)
         future = self.client.submit(run_remote_step, task, key=key, pure=False)
-        try:
-            self._wait(ctx, [future])
-            result: RemoteResult = future.result()
-        finally:
-            with contextlib.suppress(Exception):
-                signal.set()  # wakes the worker's watcher now rather than at its next poll
-                signal.clear()  # and the scheduler forgets the event
+        # no clean-up: an event nobody set is dropped by the scheduler when its last
+        # waiter times out; a set one (an interrupted step) is a few bytes until restart
+        self._wait(ctx, [future])
+        result: RemoteResult = future.result()
         for level, message, fields in result.logs:
             ctx.log(message, level=level, **fields)
         if result.error is not None:
@@ -342,7 +343,9 @@ def run_remote_step(task: RemoteStep) -> RemoteResult:
     from headwater.engine.confine import allowed_directories, unconfined
     from headwater.engine.context import RunContext
 
+    started = time.perf_counter()
     logs: list[tuple[str, str, dict[str, Any]]] = []
+    _share_cores()
     try:
         project = _project(task.root, task.env)
         project.import_path()
@@ -368,7 +371,10 @@ def run_remote_step(task: RemoteStep) -> RemoteResult:
         if hooks:
             raise ExecutorError(f"step kind {task.kind!r} registered after-commit work on a "
                                 "Dask worker; it must run on the server")
-        return RemoteResult(_spilled(ctx, output), None, logs)
+        output = _spilled(ctx, output)
+        output.info["worker"] = _worker_address()
+        output.info["worker_seconds"] = round(time.perf_counter() - started, 4)
+        return RemoteResult(output, None, logs)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the server
         return RemoteResult(None, _portable(exc), logs)
     finally:
@@ -377,8 +383,39 @@ def run_remote_step(task: RemoteStep) -> RemoteResult:
         duckdb_pool.release(db)
 
 
+def _task(func: Callable[[Any], Any], item: Any) -> Any:
+    """One partition on a worker, its DuckDB sized to the worker's threads."""
+    _share_cores()
+    return func(item)
+
+
+def _worker_address() -> str | None:
+    from distributed import get_worker
+
+    try:
+        return str(get_worker().address)
+    except ValueError:
+        return None
+
+
+def _share_cores() -> None:
+    """Cap DuckDB at this worker's thread count (``HEADWATER_DUCKDB_THREADS``, unless the
+    operator set it): worker processes on one machine otherwise each use every core."""
+    from distributed import get_worker
+
+    with contextlib.suppress(ValueError):  # not inside a worker: leave DuckDB's default
+        os.environ.setdefault("HEADWATER_DUCKDB_THREADS", str(get_worker().state.nthreads))
+
+
+WATCH_AFTER = 1.0
+"""Seconds a step runs before its worker starts watching for an interrupt: short steps
+cost the scheduler nothing, and an interrupt reaches a long one within a second."""
+
+
 def _watch(signal: Any, ctx: RunContext, stop: threading.Event) -> None:
     """Interrupt the step when the server sets its event (timeout, cancel)."""
+    if stop.wait(WATCH_AFTER):
+        return
     try:
         while not stop.is_set():
             if signal.wait(timeout=0.5):
@@ -425,9 +462,3 @@ def _portable(exc: BaseException) -> BaseException:
         return StepError(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
     return exc
 
-
-def wait_for_workers(config: Any, count: int, timeout: float = 30.0) -> Mapping[str, Any]:
-    """Block until the cluster has ``count`` workers (benchmarks, tests); their info."""
-    client = connect(config)
-    client.wait_for_workers(count, timeout=timeout)
-    return dict(client.scheduler_info()["workers"])
