@@ -282,3 +282,42 @@ def test_a_dask_executor_needs_exactly_one_cluster(make_project: ProjectFactory)
     assert 2 == checked.returncode
     assert "headwater.yaml:2" in checked.stderr
     assert "exactly one of 'address' (tcp://host:8786) and 'local_cluster'" in checked.stderr
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_two_servers_share_one_cluster_and_one_store(
+        make_project: ProjectFactory, serve: Any, dask_cluster: str,
+        pg_database: str) -> None:
+    """The production topology in small: two ``serve`` processes on one PostgreSQL store
+    send their runs' steps to one two-worker cluster; each run executes once, every
+    remote step on a worker, every file fanned out and committed once."""
+    root = make_project({"work": """
+    name: work
+    max_concurrent_runs: 4
+    steps:
+      - id: a
+        sql: SELECT 1 AS x
+      - id: b
+        sql: SELECT x + 1 AS y FROM a
+    """, "orders": FANNED}, settings=_dask(dask_cluster) + f"store: {pg_database}\n")
+    total = _csv_files(root, files=6, rows=200)
+    serve(root, worker="one")
+    serve(root, worker="two")
+    with hw.Project(root) as project:
+        store = project.runtime.store
+        runs = [project.queue("work") for _ in range(12)] + [project.queue("orders")]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(
+                store.run(r)["status"] in ("queued", "running") for r in runs):
+            time.sleep(0.2)
+        assert ["succeeded"] * len(runs) == [store.run(r)["status"] for r in runs]
+        assert {"one", "two"} >= {store.run(r)["worker"] for r in runs}
+        workers = _worker_pids(dask_cluster)
+        for run_id in runs[:-1]:
+            steps = store.steps(run_id)
+            assert ["a", "b"] == sorted(s["step_id"] for s in steps)  # each ran once
+            outputs = store.succeeded_outputs(run_id)
+            assert {outputs[s]["info"]["worker"] for s in ("a", "b")} <= set(workers)
+        table = project.dataset("orders").to_arrow()
+    assert total == table.num_rows == len(set(table["id"].to_pylist()))
