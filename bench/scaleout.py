@@ -9,10 +9,11 @@ Two pipelines, each ``source → publish (overwrite)``:
 - ``sql``: a ``--rows`` PostgreSQL table in a throwaway database on 127.0.0.1:5432
   (created and dropped here), read with ``partitions: {column: id, count: 16}``.
 
-Each runs on a LocalCluster of 1, then 2, worker processes (1 thread each; DuckDB on a
-worker is capped at its thread count, so 1 worker really uses 1 core). The cluster is
-started once per size and kept, as a server keeps its cluster: its start is not a run's
-cost. One unmeasured warm-up run, then the median of ``--repeat`` runs, in this process.
+Each runs on a LocalCluster of 1 and of 2 worker processes (1 thread each; DuckDB on a
+worker is capped at its thread count, so 1 worker really uses 1 core). Both clusters are
+started once and kept, as a server keeps its cluster: their start is not a run's cost.
+One unmeasured warm-up run each, then ``--repeat`` runs taking turns (1, 2, 1, 2, ...) so
+a drifting load on the shared machine hits both alike; medians are reported.
 
 It also measures what the cost model in docs/deploy.md needs:
 
@@ -22,14 +23,14 @@ It also measures what the cost model in docs/deploy.md needs:
 - store writes per run: INSERT/UPDATE/DELETE statements the store executes for one run;
 - the publish step's share of a run (it runs on the server, serially).
 
-Targets (issue 13): speed-up ≥ 1.6× from 1 to 2 workers; ≤ 20 ms dispatch per task. The
+Targets (issue 13): speed-up ≥ 1.6x from 1 to 2 workers; ≤ 20 ms dispatch per task. The
 machine has 2 cores shared with other work: compare only numbers taken back to back.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -78,16 +79,26 @@ def make_table(rows: int) -> tuple[str, str]:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    try:
+        fill_table(url, rows)
+    except BaseException:
+        drop_database(name)
+        raise
+    return url, name
+
+
+def fill_table(url: str, rows: int) -> None:
+    import psycopg
+
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("""CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint,
                         amount numeric(12, 2), country text, ordered_on date, note text)""")
         conn.execute(f"""INSERT INTO orders SELECT i, (i * 7919) % 100000,
                             round(((i * 31) % 100000) / 100.0, 2),
                             (ARRAY['DE', 'FR', 'US', 'IT'])[1 + i % 4],
-                            DATE '2024-01-01' + (i % 365), 'order ' || i
-                         FROM generate_series(0, {rows - 1}) i""")
+                            DATE '2024-01-01' + (i % 365)::int, 'order ' || i
+                         FROM generate_series(0::bigint, {rows - 1}) i""")
         conn.execute("ANALYZE orders")
-    return url, name
 
 
 def drop_database(name: str) -> None:
@@ -126,21 +137,31 @@ steps:
         "name: one\nsteps:\n  - id: s0\n    sql: SELECT 1 AS x\n")
 
 
-def timed_runs(project: Any, pipeline: str, repeat: int) -> dict[str, float]:
-    """Median wall seconds of ``repeat`` runs (after a warm-up), and of each step."""
-    warm = project.run(pipeline)
-    assert warm.ok, warm.error
-    walls: list[float] = []
-    steps: dict[str, list[float]] = {}
+def timed_runs(projects: dict[int, Any], pipeline: str, repeat: int
+               ) -> dict[int, dict[str, float]]:
+    """Per cluster size: median wall seconds of ``repeat`` runs and of each step.
+
+    The sizes take turns run by run (1, 2, 1, 2, ...) after one warm-up each, so a load
+    that drifts (the machine is shared) hits both alike.
+    """
+    walls: dict[int, list[float]] = {w: [] for w in projects}
+    steps: dict[int, dict[str, list[float]]] = {w: {} for w in projects}
+    for project in projects.values():
+        warm = project.run(pipeline)
+        assert warm.ok, warm.error
     for _ in range(repeat):
-        started = time.perf_counter()
-        run = project.run(pipeline)
-        walls.append(time.perf_counter() - started)
-        assert run.ok, run.error
-        for step in project.runtime.store.steps(run.id):
-            steps.setdefault(step["step_id"], []).append(float(step["seconds"] or 0))
-    out = {"wall": statistics.median(walls)}
-    out.update({sid: statistics.median(v) for sid, v in steps.items()})
+        for workers, project in projects.items():
+            started = time.perf_counter()
+            run = project.run(pipeline)
+            walls[workers].append(time.perf_counter() - started)
+            assert run.ok, run.error
+            for step in project.runtime.store.steps(run.id):
+                steps[workers].setdefault(step["step_id"], []).append(
+                    float(step["seconds"] or 0))
+    out: dict[int, dict[str, float]] = {}
+    for workers in projects:
+        out[workers] = {"wall": statistics.median(walls[workers])}
+        out[workers].update({sid: statistics.median(v) for sid, v in steps[workers].items()})
     return out
 
 
@@ -196,40 +217,42 @@ def main() -> None:
 
     import headwater as hw
     from headwater.config.models import DaskExecutorConfig
-    from headwater.engine.dask_executor import disconnect
+    from headwater.engine.dask_executor import LOCAL_CLUSTER_QUIET, disconnect
 
     csv = make_csv(args.rows, args.files)
     pg_url, pg_name = (None, None) if args.skip_sql else make_table(args.rows)
     pipelines = ["files"] + ([] if args.skip_sql else ["sql"])
-    results: dict[int, dict[str, dict[str, float]]] = {}
+    results: dict[int, dict[str, dict[str, float]]] = {1: {}, 2: {}}
     extra: dict[str, float] = {}
+    clusters: dict[int, Any] = {}
     try:
-        with tempfile.TemporaryDirectory(prefix="hw-scaleout-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="hw-scaleout-") as tmp, \
+                contextlib.ExitStack() as stack:
+            projects: dict[int, Any] = {}
             for workers in (1, 2):
-                cluster = distributed.LocalCluster(
+                clusters[workers] = distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, silence_logs=logging.ERROR)
-                address = str(cluster.scheduler_address)
+                    **LOCAL_CLUSTER_QUIET)
                 root = Path(tmp) / f"w{workers}"
-                write_project(root, csv, pg_url, address)
-                try:
-                    with hw.Project(root) as project:
-                        results[workers] = {p: timed_runs(project, p, args.repeat)
-                                            for p in pipelines}
-                        if workers == 2:
-                            one = timed_runs(project, "one", args.repeat)["wall"]
-                            chain = timed_runs(project, "chain", args.repeat)["wall"]
-                            extra["ms_per_remote_step"] = (chain - one) / 19 * 1000
-                            extra["store_writes_files"] = store_writes(project, "files")
-                            extra["store_writes_chain"] = store_writes(project, "chain")
-                            amortised, trip = dispatch_overhead(
-                                DaskExecutorConfig(type="dask", address=address))
-                            extra["dispatch_ms_amortised"] = amortised
-                            extra["dispatch_ms_round_trip"] = trip
-                finally:
-                    disconnect(address)
-                    cluster.close()
+                write_project(root, csv, pg_url, str(clusters[workers].scheduler_address))
+                projects[workers] = stack.enter_context(hw.Project(root))
+            for name in pipelines:
+                for workers, timings in timed_runs(projects, name, args.repeat).items():
+                    results[workers][name] = timings
+            two = {2: projects[2]}
+            one = timed_runs(two, "one", args.repeat)[2]["wall"]
+            chain = timed_runs(two, "chain", args.repeat)[2]["wall"]
+            extra["ms_per_remote_step"] = (chain - one) / 19 * 1000
+            extra["store_writes_files"] = store_writes(projects[2], "files")
+            extra["store_writes_chain"] = store_writes(projects[2], "chain")
+            amortised, trip = dispatch_overhead(DaskExecutorConfig(
+                type="dask", address=str(clusters[2].scheduler_address)))
+            extra["dispatch_ms_amortised"] = amortised
+            extra["dispatch_ms_round_trip"] = trip
     finally:
+        for cluster in clusters.values():
+            disconnect(str(cluster.scheduler_address))
+            cluster.close()
         if pg_name:
             drop_database(pg_name)
     report(args, results, extra)
@@ -242,15 +265,15 @@ def report(args: Any, results: dict[int, dict[str, dict[str, float]]],
     print(f"# scale-out: {args.rows:,} rows, {args.files} CSV files / 16 SQL partitions; "
           f"median of {args.repeat}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     print(f"{'pipeline':<8} {'1 worker s':>11} {'2 workers s':>12} {'speed-up':>9} "
-          f"{'source 1→2 s':>15} {'source ×':>9} {'publish s':>10}")
+          f"{'source 1→2 s':>15} {'source x':>9} {'publish s':>10}")
     for name in results[1]:
         one, two = results[1][name], results[2][name]
         speed = one["wall"] / two["wall"]
         source = one["raw"] / two["raw"]
         verdict = "ok" if speed >= 1.6 else "MISSED"
-        print(f"{name:<8} {one['wall']:>11.2f} {two['wall']:>12.2f} {speed:>8.2f}× "
-              f"{one['raw']:>7.2f}→{two['raw']:<6.2f} {source:>8.2f}× "
-              f"{two['publish']:>10.2f}   target ≥1.6× end to end: {verdict}")
+        print(f"{name:<8} {one['wall']:>11.2f} {two['wall']:>12.2f} {speed:>8.2f}x "
+              f"{one['raw']:>7.2f}→{two['raw']:<6.2f} {source:>8.2f}x "
+              f"{two['publish']:>10.2f}   target ≥1.6x end to end: {verdict}")
     amortised = extra["dispatch_ms_amortised"]
     trip = extra["dispatch_ms_round_trip"]
     print(f"dispatch per task: {amortised:.2f} ms amortised (400 tasks), {trip:.2f} ms "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -133,13 +132,13 @@ def dask_cluster() -> Iterator[str]:
     and a test can kill one. Starting it costs about two seconds, once per module.
     """
     distributed = pytest.importorskip("distributed")
+    from headwater.engine.dask_executor import LOCAL_CLUSTER_QUIET, disconnect
+
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                                       **LOCAL_CLUSTER_QUIET)
     try:
         yield str(cluster.scheduler_address)
     finally:
-        from headwater.engine.dask_executor import disconnect
-
         disconnect(str(cluster.scheduler_address))
         cluster.close()
 

@@ -562,15 +562,16 @@ def _quoted_value(plan: _Plan, name: str) -> str:
 
 
 def scan_partition(spec: FilesSource, root: Path, out_dir: Path, name: str,
-                   schema: Sequence[tuple[str, str]],
                    part: tuple[int, Sequence[FileInfo]]) -> tuple[str, int]:
     """Scan one partition of a files source into one Parquet file; ``(path, rows)``.
 
-    Runs on a cluster worker (``steps.base.FanOut``). The files are sniffed again here,
-    then every column is cast to ``schema`` (the whole source's, planned once by the
-    step), so partitions union into one table whatever each subset of files looked like.
-    The file appears under its final name only when complete (written aside, renamed),
-    so a partition retried after its worker died never leaves half a file behind.
+    Runs on a cluster worker (``steps.base.FanOut``): the partition's files are sniffed
+    and planned here, as ``scan_sql`` plans any set of files (type hints and their errors
+    naming file and line included), so the server plans nothing and stays out of the
+    parallel part. Partitions whose sniffed types differ are unified when read back
+    (``read_parquet(..., union_by_name=true)`` widens to a common type). The file appears
+    under its final name only when complete (written aside, renamed), so a partition
+    retried after its worker died never leaves half a file behind.
     """
     index, files = part
     con = _private_con(files)
@@ -579,11 +580,7 @@ def scan_partition(spec: FilesSource, root: Path, out_dir: Path, name: str,
     try:
         scan = scan_sql(files, spec, root=root, con=con, workdir=out_dir,
                         name=f"{name}-p{index}")
-        have = set(con.sql(scan).columns)
-        columns = ", ".join(
-            (f"CAST({sql_ident(col)} AS {kind})" if col in have else f"CAST(NULL AS {kind})")
-            + f" AS {sql_ident(col)}" for col, kind in schema)
-        rows = _copy(con, f"SELECT {columns} FROM ({scan})", aside)
+        rows = _copy(con, scan, aside)
         aside.replace(final)
     except duckdb.Error as exc:
         raise translate_error(exc, files, name, root=root) from None

@@ -69,6 +69,13 @@ _CLUSTERS: dict[tuple[int, int], Any] = {}
 """(workers, threads) → a LocalCluster this process started."""
 _CLOSE_REGISTERED = False
 
+LOCAL_CLUSTER_QUIET: dict[str, Any] = {
+    "dashboard_address": None, "silence_logs": logging.ERROR,
+    # the scheduler's HTTP server (health, metrics) starts even without a dashboard, on
+    # :8787 unless told otherwise; another cluster there costs a warning: any free port
+    "scheduler_kwargs": {"dashboard_address": ":0"}}
+"""LocalCluster options: no dashboard, no fixed port, only errors logged."""
+
 
 def _distributed() -> Any:
     global _CLOSE_REGISTERED
@@ -105,7 +112,7 @@ def cluster_address(config: Any) -> str:
             try:
                 cluster = distributed.LocalCluster(
                     n_workers=spec[0], threads_per_worker=spec[1], processes=True,
-                    dashboard_address=None, silence_logs=logging.ERROR)
+                    **LOCAL_CLUSTER_QUIET)
             except Exception as exc:  # noqa: BLE001 - any start failure ends the run clearly
                 raise ExecutorError(
                     f"could not start a local Dask cluster of {spec[0]} worker processes "
@@ -232,9 +239,9 @@ class DaskExecutor:
                 raise StepError(f"interrupted ({ctx.interrupted or 'cancelled'})")
             statuses = [future.status for future in futures]
             failed = [f for f, status in zip(futures, statuses, strict=True)
-                      if status == "error"]
+                      if status == "error" or (status == "finished" and f.type is Raised)]
             if failed:
-                self.client.cancel(futures)
+                self.client.cancel([f for f in futures if f is not failed[0]])
                 raise _failure(failed[0])
             if "cancelled" in statuses:
                 raise ExecutorError("the Dask cluster cancelled this step's tasks "
@@ -272,6 +279,9 @@ class DaskExecutor:
 
 def _failure(future: Any) -> BaseException:
     """A failed task's exception; a worker lost too often becomes an ``ExecutorError``."""
+    if future.status == "finished":
+        raised: Raised = future.result()
+        return raised.error
     exc = future.exception()
     if type(exc).__name__ == "KilledWorker":
         return ExecutorError(f"the Dask workers running {future.key} died repeatedly "
@@ -383,10 +393,21 @@ def run_remote_step(task: RemoteStep) -> RemoteResult:
         duckdb_pool.release(db)
 
 
+@dataclass
+class Raised:
+    """A partition's failure, returned as a value: Dask's own exception transport loses
+    what headwater's errors carry (the message naming file and line)."""
+
+    error: BaseException
+
+
 def _task(func: Callable[[Any], Any], item: Any) -> Any:
     """One partition on a worker, its DuckDB sized to the worker's threads."""
     _share_cores()
-    return func(item)
+    try:
+        return func(item)
+    except Exception as exc:  # noqa: BLE001 - every failure goes back to the server
+        return Raised(_portable(exc))
 
 
 def _worker_address() -> str | None:

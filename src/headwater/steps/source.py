@@ -88,11 +88,11 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
         _bind(con, relation, matched, ctx.step_id, root)
         return StepOutput(relation=relation, rows=0, sources=[fingerprint], state=state)
     if source.bad_rows == "fail":
+        if ctx.fan_out is not None and options is None:
+            return _fanned_out(ctx, source, new, fingerprint, state)
         relation = fileconn.scan_sql(new, source, root=root, con=con, workdir=ctx.workdir,
                                      name=ctx.step_id)
         _bind(con, relation, new, ctx.step_id, root)
-        if ctx.fan_out is not None and options is None:
-            return _fanned_out(ctx, source, new, relation, fingerprint, state)
         return StepOutput(relation=relation, sources=[fingerprint], state=state,
                           info={"files": len(new), "lazy": True})
     return _scan_with_rejects(ctx, source, new, fingerprint, state)
@@ -102,27 +102,27 @@ MAX_PARTITIONS = 64
 """A files source fans out to at most this many tasks (files are grouped beyond it)."""
 
 
-def _fanned_out(ctx: StepContext, source: FilesSource, files: list[Any], relation: str,
+def _fanned_out(ctx: StepContext, source: FilesSource, files: list[Any],
                 fingerprint: dict[str, Any], state: dict[str, Any]) -> StepOutput:
-    """On a cluster: scan groups of files in parallel on workers into Parquet files in
-    the run folder. The schema is the one planned here over all files, so the parts
-    union; the publish then commits every part in one transaction."""
+    """On a cluster: groups of files are planned and scanned in parallel on workers into
+    Parquet files in the run folder (``connectors.files.scan_partition``); the publish
+    then commits every part in one transaction."""
     import functools
 
     assert ctx.fan_out is not None
-    bound = ctx.cursor().sql(relation)
-    schema = [(name, str(kind)) for name, kind in zip(bound.columns, bound.types, strict=True)]
     count = min(len(files), MAX_PARTITIONS)
-    groups = [(i, files[i::count]) for i in range(count)]
+    size = -(-len(files) // count)
+    groups = [(i, files[i * size:(i + 1) * size]) for i in range(count)
+              if files[i * size:(i + 1) * size]]
     scan = functools.partial(fileconn.scan_partition, source, ctx.project.root, ctx.workdir,
-                             ctx.step_id, schema)
+                             ctx.step_id)
     parts: list[tuple[str, int]] = ctx.fan_out(scan, groups)
     listing = ", ".join(sql_string(path) for path, _ in parts)
-    ctx.log(f"read {len(files)} files in {count} partitions on the cluster",
-            partitions=count)
-    return StepOutput(relation=f"SELECT * FROM read_parquet([{listing}])",
+    ctx.log(f"read {len(files)} files in {len(groups)} partitions on the cluster",
+            partitions=len(groups))
+    return StepOutput(relation=f"SELECT * FROM read_parquet([{listing}], union_by_name=true)",
                       rows=sum(rows for _, rows in parts), sources=[fingerprint], state=state,
-                      info={"files": len(files), "partitions": count})
+                      info={"files": len(files), "partitions": len(groups)})
 
 
 def _no_files(ctx: StepContext, source: FilesSource, path: str) -> StepOutput:
