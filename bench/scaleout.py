@@ -137,32 +137,58 @@ steps:
         "name: one\nsteps:\n  - id: s0\n    sql: SELECT 1 AS x\n")
 
 
-def timed_runs(projects: dict[int, Any], pipeline: str, repeat: int
-               ) -> dict[int, dict[str, float]]:
-    """Per cluster size: median wall seconds of ``repeat`` runs and of each step.
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (the cluster's workers)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def timed_runs(projects: dict[int, Any], pipeline: str, repeat: int,
+               pids: dict[int, list[int]] | None = None) -> dict[int, dict[str, float]]:
+    """Per cluster size: median wall seconds of ``repeat`` runs and of each step, and the
+    cores the workers actually got (their CPU seconds / wall seconds).
 
     The sizes take turns run by run (1, 2, 1, 2, ...) after one warm-up each, so a load
     that drifts (the machine is shared) hits both alike.
     """
     walls: dict[int, list[float]] = {w: [] for w in projects}
+    cores: dict[int, list[float]] = {w: [] for w in projects}
     steps: dict[int, dict[str, list[float]]] = {w: {} for w in projects}
     for project in projects.values():
         warm = project.run(pipeline)
         assert warm.ok, warm.error
     for _ in range(repeat):
         for workers, project in projects.items():
+            cpu = cpu_seconds(pids[workers]) if pids else 0.0
             started = time.perf_counter()
             run = project.run(pipeline)
             walls[workers].append(time.perf_counter() - started)
+            if pids:
+                cores[workers].append((cpu_seconds(pids[workers]) - cpu) / walls[workers][-1])
             assert run.ok, run.error
             for step in project.runtime.store.steps(run.id):
                 steps[workers].setdefault(step["step_id"], []).append(
                     float(step["seconds"] or 0))
     out: dict[int, dict[str, float]] = {}
     for workers in projects:
-        out[workers] = {"wall": statistics.median(walls[workers])}
+        out[workers] = {"wall": statistics.median(walls[workers]),
+                        "cores": statistics.median(cores[workers]) if pids else 0.0}
         out[workers].update({sid: statistics.median(v) for sid, v in steps[workers].items()})
     return out
+
+
+def worker_pids(address: str) -> list[int]:
+    import os
+
+    from distributed import Client
+
+    with Client(address, timeout=10, set_as_default=False) as client:
+        return [int(pid) for pid in client.run(os.getpid).values()]
 
 
 def dispatch_overhead(config: Any) -> tuple[float, float]:
@@ -236,8 +262,9 @@ def main() -> None:
                 root = Path(tmp) / f"w{workers}"
                 write_project(root, csv, pg_url, str(clusters[workers].scheduler_address))
                 projects[workers] = stack.enter_context(hw.Project(root))
+            pids = {w: worker_pids(str(c.scheduler_address)) for w, c in clusters.items()}
             for name in pipelines:
-                for workers, timings in timed_runs(projects, name, args.repeat).items():
+                for workers, timings in timed_runs(projects, name, args.repeat, pids).items():
                     results[workers][name] = timings
             two = {2: projects[2]}
             one = timed_runs(two, "one", args.repeat)[2]["wall"]
@@ -265,7 +292,7 @@ def report(args: Any, results: dict[int, dict[str, dict[str, float]]],
     print(f"# scale-out: {args.rows:,} rows, {args.files} CSV files / 16 SQL partitions; "
           f"median of {args.repeat}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     print(f"{'pipeline':<8} {'1 worker s':>11} {'2 workers s':>12} {'speed-up':>9} "
-          f"{'source 1→2 s':>15} {'source x':>9} {'publish s':>10}")
+          f"{'source 1→2 s':>15} {'source x':>9} {'publish s':>10} {'worker cores 1→2':>17}")
     for name in results[1]:
         one, two = results[1][name], results[2][name]
         speed = one["wall"] / two["wall"]
@@ -273,7 +300,10 @@ def report(args: Any, results: dict[int, dict[str, dict[str, float]]],
         verdict = "ok" if speed >= 1.6 else "MISSED"
         print(f"{name:<8} {one['wall']:>11.2f} {two['wall']:>12.2f} {speed:>8.2f}x "
               f"{one['raw']:>7.2f}→{two['raw']:<6.2f} {source:>8.2f}x "
-              f"{two['publish']:>10.2f}   target ≥1.6x end to end: {verdict}")
+              f"{two['publish']:>10.2f} {one['cores']:>8.2f}→{two['cores']:<8.2f}"
+              f"  target ≥1.6x end to end: {verdict}")
+    print("(worker cores: CPU seconds the workers got per wall second of a run; below 1 per "
+          "worker means the shared machine's other load took the rest)")
     amortised = extra["dispatch_ms_amortised"]
     trip = extra["dispatch_ms_round_trip"]
     print(f"dispatch per task: {amortised:.2f} ms amortised (400 tasks), {trip:.2f} ms "

@@ -244,6 +244,7 @@ def test_check_connections_counts_the_workers(make_project: ProjectFactory,
     assert f"reachable at {dask_cluster} with 2 workers" == executor["checks"][0]["detail"]
 
 
+@pytest.mark.slow
 def test_without_the_dask_extra_check_and_run_fail_clearly(
         make_project: ProjectFactory, tmp_path: Path) -> None:
     """``distributed`` not importable (shadowed by a package that raises ImportError, as
@@ -321,3 +322,18 @@ def test_two_servers_share_one_cluster_and_one_store(
             assert {outputs[s]["info"]["worker"] for s in ("a", "b")} <= set(workers)
         table = project.dataset("orders").to_arrow()
     assert total == table.num_rows == len(set(table["id"].to_pylist()))
+
+
+def test_the_local_executor_never_imports_dask(make_project: ProjectFactory) -> None:
+    """The seam imports ``distributed`` only for a project that names it."""
+    root = make_project({"p": FANNED.replace("name: orders", "name: p")})
+    _csv_files(root, files=2, rows=3)
+    script = ("import sys, headwater as hw\n"
+              f"with hw.Project({str(root)!r}) as p:\n"
+              "    assert p.run('p').ok\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+              "('distributed', 'dask')))\n")
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert "[]" == ran.stdout.strip()
