@@ -337,3 +337,27 @@ def test_the_local_executor_never_imports_dask(make_project: ProjectFactory) -> 
                          timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert "[]" == ran.stdout.strip()
+
+
+def test_a_timed_out_step_stops_on_its_worker(make_project: ProjectFactory,
+                                              dask_cluster: str) -> None:
+    """The server stops waiting at the timeout, and the query on the worker is
+    interrupted too: the worker is free again within seconds, not at the query's end."""
+    from distributed import Client
+
+    root = make_project({"p": """
+    name: p
+    steps:
+      - id: heavy
+        sql: SELECT sum(hash(i)) AS h FROM range(50000000000) t(i)
+        materialize: true
+        timeout: 1500ms
+    """}, settings=_dask(dask_cluster))
+    with hw.Project(root) as project:
+        run = project.run("p")
+    assert "timed out after 1.5s" in (run.error or "")
+    with Client(dask_cluster, timeout=10, set_as_default=False) as client:
+        deadline = time.monotonic() + 10
+        while any(client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(client.processing().values())
