@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +362,48 @@ def test_a_timed_out_step_stops_on_its_worker(make_project: ProjectFactory,
         while any(client.processing().values()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(client.processing().values())
+
+
+@pytest.mark.services
+def test_files_behind_a_connection_are_read_on_the_server(
+        make_project: ProjectFactory, dask_cluster: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blobs on Azure (Azurite) with a secret connection: the source reads them on the
+    server into the run folder (the secret never ships to a worker), and a SQL step on a
+    worker reads that spill."""
+    import fsspec
+
+    from tests.test_azure_pipeline import KEY
+
+    port = os.environ.get("AZURITE_PORT", "10000")
+    conn = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    container = f"hw-{uuid.uuid4().hex[:10]}"
+    fs = fsspec.filesystem("az", connection_string=conn)
+    fs.mkdir(container)
+    try:
+        fs.pipe(f"{container}/landing/a.csv", b"id,v\n1,a\n2,b\n")
+        fs.pipe(f"{container}/landing/b.csv", b"id,v\n3,c\n")
+        monkeypatch.setenv("HW_AZ_CONN", conn)
+        root = make_project({"blobs": f"""
+        name: blobs
+        steps:
+          - id: raw
+            source: {{type: files, path: "az://{container}/landing/*.csv", connection: lake}}
+          - id: upper
+            sql: SELECT id, upper(v) AS v FROM raw
+          - id: out
+            publish: {{input: upper, dataset: blobs}}
+        """}, settings=_dask(dask_cluster) + 'connections:\n  lake: {type: azure_blob, '
+                                               'connection_string: "${env:HW_AZ_CONN}"}\n')
+        with hw.Project(root) as project:
+            run = project.run("blobs")
+            assert run.ok, run.error
+            outputs = project.runtime.store.succeeded_outputs(run.id)
+            rows = sorted(project.dataset("blobs").to_arrow().to_pylist(),
+                          key=lambda r: r["id"])
+        assert outputs["upper"]["info"]["worker"] is not None
+        assert "az://" not in outputs["raw"]["relation"]
+        assert [{"id": 1, "v": "A"}, {"id": 2, "v": "B"}, {"id": 3, "v": "C"}] == rows
+    finally:
+        fs.rm(container, recursive=True)

@@ -93,6 +93,8 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
         relation = fileconn.scan_sql(new, source, root=root, con=con, workdir=ctx.workdir,
                                      name=ctx.step_id)
         _bind(con, relation, new, ctx.step_id, root)
+        if ctx.fan_out is not None:  # on a cluster, but behind a connection's secret
+            return _spilled_here(ctx, relation, fingerprint, state, len(new))
         return StepOutput(relation=relation, sources=[fingerprint], state=state,
                           info={"files": len(new), "lazy": True})
     return _scan_with_rejects(ctx, source, new, fingerprint, state)
@@ -123,6 +125,18 @@ def _fanned_out(ctx: StepContext, source: FilesSource, files: list[Any],
     return StepOutput(relation=f"SELECT * FROM read_parquet([{listing}], union_by_name=true)",
                       rows=sum(rows for _, rows in parts), sources=[fingerprint], state=state,
                       info={"files": len(files), "partitions": len(groups)})
+
+
+def _spilled_here(ctx: StepContext, relation: str, fingerprint: dict[str, Any],
+                  state: dict[str, Any], files: int) -> StepOutput:
+    """On a cluster, files behind a connection are read on the server (their credentials
+    stay there) into a Parquet spill of the run folder, which workers can read; a lazy
+    scan would need the filesystem and its secret registered on every worker."""
+    from headwater.steps.spill import spill
+
+    spilled = spill(ctx, relation)
+    return StepOutput(relation=spilled.relation, rows=spilled.rows, sources=[fingerprint],
+                      state=state, info={"files": files, **spilled.info})
 
 
 def _no_files(ctx: StepContext, source: FilesSource, path: str) -> StepOutput:
