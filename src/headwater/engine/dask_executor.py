@@ -371,10 +371,14 @@ def run_remote_step(task: RemoteStep) -> RemoteResult:
                          (level, message, dict(fields))),
                      cancel_event=threading.Event(), commit_hooks=hooks)
     stop = threading.Event()
+    missing: list[str] = []
     try:
         for statement in task.views:
-            with contextlib.suppress(duckdb.Error):  # one not needed here may not replay
+            try:
                 db.execute(statement)
+            except duckdb.Error as exc:  # one this step does not read may fail harmlessly
+                missing.append(str(exc).strip().splitlines()[0] if str(exc).strip() else
+                               type(exc).__name__)
         threading.Thread(target=_watch, args=(_event(task.interrupt), ctx, stop),
                          name="hw-interrupt", daemon=True).start()
         output = step_function(task.kind)(ctx, task.step)
@@ -386,6 +390,9 @@ def run_remote_step(task: RemoteStep) -> RemoteResult:
         output.info["worker_seconds"] = round(time.perf_counter() - started, 4)
         return RemoteResult(output, None, logs)
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the server
+        if missing:  # say why an upstream table may be unknown on this worker
+            logs.append(("warning", "on the Dask worker, upstream views could not be "
+                         f"re-created: {'; '.join(missing)}", {}))
         return RemoteResult(None, _portable(exc), logs)
     finally:
         stop.set()
