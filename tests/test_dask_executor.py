@@ -154,8 +154,9 @@ def test_sql_partitions_read_on_workers(make_project: ProjectFactory, dask_clust
         uri = project.runtime.store.dataset("items")["uri"]
         relation = project.runtime.store.succeeded_outputs(run.id)["raw"]["relation"]
     assert sorted(ids) == list(range(1, 20001))
-    parts = {Path(p).name.split("-")[1] for p in relation.split("'") if p.endswith(".parquet")}
-    assert {"000", "001", "002", "003"} == parts
+    names = [Path(p).name for p in relation.split("'") if p.endswith(".parquet")]
+    assert {"000", "001", "002", "003"} == {name.split("-")[1] for name in names}
+    assert all(len(name.split("-")) == 4 for name in names)  # part-NNN-<attempt>-MMMM
     assert 1 == len([c for c in _commits(uri) if c["adds"]])
 
 

@@ -104,21 +104,25 @@ class _Plan:
 def read(spec: ConnectionSpec, source: SqlSource, *, step_id: str, workdir: Path,
          previous: dict[str, Any], cancelled: Callable[[], bool] = lambda: False,
          log: Callable[[str], None] = lambda _m: None,
-         fan_out: FanOut | None = None) -> SqlRead:
+         fan_out: FanOut | None = None,
+         worker_spec: Callable[[], ConnectionSpec] | None = None) -> SqlRead:
     """Read ``source`` into Parquet files under ``workdir``; see the module docstring.
 
-    ``fan_out`` (a cluster's map, ``steps.base.FanOut``) reads the partitions on workers.
+    ``fan_out`` (a cluster's map, ``steps.base.FanOut``) reads the partitions on workers;
+    ``worker_spec`` (which must pickle) builds the connection there, so its resolved
+    secret never travels in a task (without it, the spec itself is shipped).
     """
     try:
         return _read(spec, source, step_id=step_id, workdir=workdir, previous=previous,
-                     cancelled=cancelled, log=log, fan_out=fan_out)
+                     cancelled=cancelled, log=log, fan_out=fan_out, worker_spec=worker_spec)
     except sql_types.UnmappableType as exc:
         raise TerminalSourceError(f"{spec.describe()}: {exc}", source=spec.name) from None
 
 
 def _read(spec: ConnectionSpec, source: SqlSource, *, step_id: str, workdir: Path,
           previous: dict[str, Any], cancelled: Callable[[], bool],
-          log: Callable[[str], None], fan_out: FanOut | None = None) -> SqlRead:
+          log: Callable[[str], None], fan_out: FanOut | None = None,
+          worker_spec: Callable[[], ConnectionSpec] | None = None) -> SqlRead:
     dialect = sql_drivers.dialect(spec)
     base = _base_sql(dialect, source)
     plan = _Plan(base=base, where=[], params=[])
@@ -139,7 +143,7 @@ def _read(spec: ConnectionSpec, source: SqlSource, *, step_id: str, workdir: Pat
     for stale in out.glob("*.parquet"):
         stale.unlink()
     parts = _read_parts(dialect, source, plan, out, mark, cursor, key_columns, cancelled,
-                        fan_out)
+                        fan_out, worker_spec or functools.partial(_given, spec))
     result = _combine(parts)
     log(f"read {result.rows} rows from {spec.describe()}"
         + (f" ({result.dropped} already ingested at the cursor boundary)"
@@ -215,20 +219,35 @@ def _key_columns(spec: ConnectionSpec, source: SqlSource,
 
 def _read_parts(dialect: Dialect, source: SqlSource, plan: _Plan, out: Path,
                 mark: Mark | None, cursor: str | None, key_columns: list[str],
-                cancelled: Callable[[], bool], fan_out: FanOut | None = None) -> list[_Part]:
+                cancelled: Callable[[], bool], fan_out: FanOut | None = None,
+                worker_spec: Callable[[], ConnectionSpec] | None = None) -> list[_Part]:
     """Each partition on its own connection: threads here, or tasks on a cluster's
     workers when ``fan_out`` is given (each then writes its own uniquely named files,
     so a partition retried after a lost worker never mixes with the dead attempt's)."""
     ranges = _ranges(dialect, source, plan) if source.partitions else [([], [])]
     one = functools.partial(_read_one, dialect, source, plan, ranges, out, mark, cursor,
                             key_columns)
-    if fan_out is not None and len(ranges) > 1:
-        parts: list[_Part] = fan_out(functools.partial(one, unique=True), range(len(ranges)))
+    if fan_out is not None and worker_spec is not None and len(ranges) > 1:
+        remote = functools.partial(_read_remote, worker_spec, source, plan, ranges, out,
+                                   mark, cursor, key_columns)
+        parts: list[_Part] = fan_out(remote, range(len(ranges)))
         return parts
     if len(ranges) == 1:
         return [one(0, cancelled=cancelled)]
     with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="hw-sql") as pool:
         return list(pool.map(functools.partial(one, cancelled=cancelled), range(len(ranges))))
+
+
+def _given(spec: ConnectionSpec) -> ConnectionSpec:
+    return spec
+
+
+def _read_remote(worker_spec: Callable[[], ConnectionSpec], source: SqlSource, plan: _Plan,
+                 ranges: list[tuple[list[str], list[Any]]], out: Path, mark: Mark | None,
+                 cursor: str | None, key_columns: list[str], index: int) -> _Part:
+    """One partition on a worker, on a connection built there by ``worker_spec``."""
+    return _read_one(sql_drivers.dialect(worker_spec()), source, plan, ranges, out, mark,
+                     cursor, key_columns, index, unique=True)
 
 
 def _read_one(dialect: Dialect, source: SqlSource, plan: _Plan,

@@ -10,6 +10,7 @@ the run's fingerprint and as incremental state that advances only with the publi
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import duckdb
@@ -109,8 +110,6 @@ def _fanned_out(ctx: StepContext, source: FilesSource, files: list[Any],
     """On a cluster: groups of files are planned and scanned in parallel on workers into
     Parquet files in the run folder (``connectors.files.scan_partition``); the publish
     then commits every part in one transaction."""
-    import functools
-
     assert ctx.fan_out is not None
     count = min(len(files), MAX_PARTITIONS)
     size = -(-len(files) // count)
@@ -229,12 +228,30 @@ def _sql(ctx: StepContext, source: SqlSource) -> StepOutput:
     spec = connection_spec(source.connection, ctx.project.connection(source.connection),
                            ctx.project.root)
     previous = ctx.project.store.state(ctx.pipeline, ctx.step_id)
+    worker_spec = functools.partial(_spec_on_worker, str(ctx.project.root), ctx.project.env,
+                                    source.connection)
     result = sqlconn.read(spec, source, step_id=ctx.step_id, workdir=ctx.workdir,
                           previous=previous, cancelled=ctx.cancelled, log=ctx.log,
-                          fan_out=ctx.fan_out)
+                          fan_out=ctx.fan_out, worker_spec=worker_spec)
     listing = ", ".join(sql_string(str(f)) for f in result.files)
     relation = f"SELECT * FROM read_parquet([{listing}], union_by_name=true)"
     state = {state_key(ctx.step_id, key): value for key, value in result.state.items()}
     return StepOutput(relation=relation, rows=result.rows, sources=[result.fingerprint],
                       state=state, info={"rows_in": result.rows,
                                          "rows_already_ingested": result.dropped})
+
+
+def _spec_on_worker(root: str, env: str | None, connection: str) -> Any:
+    """A SQL connection resolved on a cluster worker from the project there (its secrets
+    from the worker's own environment), so no task carries a resolved password."""
+    from headwater.connectors.sql_drivers import connection_spec
+    from headwater.runtime import ProjectRuntime
+
+    project = _worker_projects.get((root, env))
+    if project is None:
+        project = _worker_projects[(root, env)] = ProjectRuntime.load(root, env)
+    return connection_spec(connection, project.connection(connection), project.root)
+
+
+_worker_projects: dict[tuple[str, str | None], Any] = {}
+"""Projects loaded by this (worker) process for partition reads, by folder and env."""
