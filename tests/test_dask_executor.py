@@ -408,3 +408,21 @@ def test_files_behind_a_connection_are_read_on_the_server(
         assert [{"id": 1, "v": "A"}, {"id": 2, "v": "B"}, {"id": 3, "v": "C"}] == rows
     finally:
         fs.rm(container, recursive=True)
+
+
+@pytest.mark.slow
+def test_local_cluster_from_the_cli(make_project: ProjectFactory) -> None:
+    """``executor: {type: dask, local_cluster: {workers: 2}}``: ``headwater run`` starts
+    the worker processes itself, runs the pipeline on them and exits cleanly."""
+    root = make_project({"orders": FANNED}, settings="executor: {type: dask, "
+                                                     "local_cluster: {workers: 2}}\n")
+    total = _csv_files(root, files=4, rows=50)
+    ran = run_cli("run", "orders", "--project", str(root))
+    assert 0 == ran.returncode, ran.stderr
+    assert "Traceback" not in ran.stderr
+    with hw.Project(root) as project:
+        run = project.runs("orders")[0]
+        outputs = project.runtime.store.succeeded_outputs(run.id)
+        assert total == project.dataset("orders").to_arrow().num_rows
+    assert outputs["clean"]["info"]["worker"].startswith("tcp://127.0.0.1:")
+    assert 4 == outputs["raw"]["info"]["partitions"]
