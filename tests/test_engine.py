@@ -261,3 +261,23 @@ def test_timeout_interrupts_a_long_query(make_project: ProjectFactory,
     assert "failed" == run.status
     assert "timed out after 0.5s" in (run.error or "")
     assert time.perf_counter() - started < 8
+
+
+def test_cancel_interrupts_a_long_query(make_project: ProjectFactory,
+                                        executor_settings: str) -> None:
+    """``cancel`` reaches a running SQL step (on Dask: on its worker): the run ends
+    cancelled long before the query would have."""
+    root = make_project({"p": """
+    name: p
+    steps:
+      - id: heavy
+        sql: SELECT sum(hash(i)) AS h FROM range(20000000000) t(i)
+        materialize: true
+    """}, settings=executor_settings)
+    with hw.Project(root) as project:
+        run_id = project.queue("p")
+        threading.Timer(1.0, project.cancel, args=(run_id,)).start()
+        started = time.perf_counter()
+        run = project.execute(run_id)
+    assert "cancelled" == run.status
+    assert time.perf_counter() - started < 10
