@@ -122,3 +122,32 @@ def serve() -> Iterator[Callable[..., Any]]:
     yield start
     for server in started:
         server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster() -> Iterator[str]:
+    """One Dask LocalCluster per test module (2 worker processes of 1 thread); its address.
+
+    Processes, not threads: workers then import the project as a remote cluster would,
+    and a test can kill one. Starting it costs about two seconds, once per module.
+    """
+    distributed = pytest.importorskip("distributed")
+    from headwater.engine.dask_executor import LOCAL_CLUSTER_QUIET, disconnect
+
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       **LOCAL_CLUSTER_QUIET)
+    try:
+        yield str(cluster.scheduler_address)
+    finally:
+        disconnect(str(cluster.scheduler_address))
+        cluster.close()
+
+
+@pytest.fixture(scope="module", params=["local", "dask"])
+def executor_settings(request: pytest.FixtureRequest) -> str:
+    """``headwater.yaml`` lines naming the executor: engine tests run on both executors
+    (``make_project(..., settings=executor_settings)``)."""
+    if request.param == "local":
+        return ""
+    address = request.getfixturevalue("dask_cluster")
+    return f"executor: {{type: dask, address: '{address}'}}\n"

@@ -84,7 +84,8 @@ def _marker_module(root: Path) -> None:
     ''')
 
 
-def test_independent_steps_run_in_parallel(make_project: ProjectFactory) -> None:
+def test_independent_steps_run_in_parallel(make_project: ProjectFactory,
+                                           executor_settings: str) -> None:
     """Two independent steps run at the same time: their busy intervals overlap."""
     root = make_project({"p": """
     name: p
@@ -96,7 +97,7 @@ def test_independent_steps_run_in_parallel(make_project: ProjectFactory) -> None
         python: transforms.t:slow
       - id: both
         sql: SELECT * FROM a UNION ALL SELECT * FROM b
-    """})
+    """}, settings=executor_settings)
     _marker_module(root)
     with hw.Project(root) as project:
         run = project.run("p")
@@ -107,7 +108,8 @@ def test_independent_steps_run_in_parallel(make_project: ProjectFactory) -> None
     assert b["started_at"] < a["finished_at"]
 
 
-def test_retries_with_backoff_then_succeed(make_project: ProjectFactory, tmp_path: Path) -> None:
+def test_retries_with_backoff_then_succeed(make_project: ProjectFactory, tmp_path: Path,
+                                           executor_settings: str) -> None:
     """A step failing twice with retries: {count: 3} succeeds on its third attempt."""
     root = make_project({"p": """
     name: p
@@ -116,7 +118,7 @@ def test_retries_with_backoff_then_succeed(make_project: ProjectFactory, tmp_pat
       - id: f
         python: transforms.t:flaky
         retries: {count: 3, backoff: 10ms}
-    """})
+    """}, settings=executor_settings)
     _marker_module(root)
     with hw.Project(root) as project:
         run = project.run("p", params={"marker": str(tmp_path / "m")})
@@ -126,7 +128,7 @@ def test_retries_with_backoff_then_succeed(make_project: ProjectFactory, tmp_pat
 
 
 def test_step_that_raises_fails_the_run_naming_step_and_cause(
-        make_project: ProjectFactory) -> None:
+        make_project: ProjectFactory, executor_settings: str) -> None:
     """The run error names the step and the exception; downstream steps are skipped."""
     root = make_project({"p": """
     name: p
@@ -135,7 +137,7 @@ def test_step_that_raises_fails_the_run_naming_step_and_cause(
         python: transforms.t:boom
       - id: after
         sql: SELECT * FROM b
-    """})
+    """}, settings=executor_settings)
     _marker_module(root)
     with hw.Project(root) as project:
         run = project.run("p")
@@ -146,7 +148,8 @@ def test_step_that_raises_fails_the_run_naming_step_and_cause(
     assert {"b": "failed", "after": "skipped"} == {s.step_id: s.status for s in run.steps}
 
 
-def test_timeout_fails_the_step(make_project: ProjectFactory) -> None:
+def test_timeout_fails_the_step(make_project: ProjectFactory,
+                                executor_settings: str) -> None:
     """A command past its timeout is killed and the run says it timed out."""
     root = make_project({"p": """
     name: p
@@ -154,7 +157,7 @@ def test_timeout_fails_the_step(make_project: ProjectFactory) -> None:
       - id: sleepy
         command: sleep 20
         timeout: 500ms
-    """})
+    """}, settings=executor_settings)
     with hw.Project(root) as project:
         started = time.perf_counter()
         run = project.run("p")
@@ -163,14 +166,15 @@ def test_timeout_fails_the_step(make_project: ProjectFactory) -> None:
     assert time.perf_counter() - started < 10
 
 
-def test_cancel_stops_a_running_run(make_project: ProjectFactory) -> None:
+def test_cancel_stops_a_running_run(make_project: ProjectFactory,
+                                    executor_settings: str) -> None:
     """``cancel`` from another thread (as the CLI would) ends the run as cancelled."""
     root = make_project({"p": """
     name: p
     steps:
       - id: sleepy
         command: sleep 20
-    """})
+    """}, settings=executor_settings)
     with hw.Project(root) as project:
         run_id = project.queue("p")
 
@@ -185,7 +189,8 @@ def test_cancel_stops_a_running_run(make_project: ProjectFactory) -> None:
     assert time.perf_counter() - started < 10
 
 
-def test_rerun_from_failed_reuses_succeeded_steps(make_project: ProjectFactory) -> None:
+def test_rerun_from_failed_reuses_succeeded_steps(make_project: ProjectFactory,
+                                                  executor_settings: str) -> None:
     """After fixing a broken step, --from-failed reruns only it and what follows."""
     root = make_project({"p": """
     name: p
@@ -196,7 +201,7 @@ def test_rerun_from_failed_reuses_succeeded_steps(make_project: ProjectFactory) 
         sql: SELECT t, 1 / 0 AS broken FROM first WHERE nonexistent
       - id: out
         publish: {input: second, dataset: out}
-    """})
+    """}, settings=executor_settings)
     _marker_module(root)
     with hw.Project(root) as project:
         failed = project.run("p", params={})
@@ -216,7 +221,8 @@ def test_rerun_from_failed_reuses_succeeded_steps(make_project: ProjectFactory) 
             rerun.id)["first"]["relation"]
 
 
-def test_from_step_reuses_upstream_outputs(make_project: ProjectFactory) -> None:
+def test_from_step_reuses_upstream_outputs(make_project: ProjectFactory,
+                                           executor_settings: str) -> None:
     """``run --from-step`` takes upstream outputs from the last run that had them."""
     root = make_project({"p": """
     name: p
@@ -225,7 +231,7 @@ def test_from_step_reuses_upstream_outputs(make_project: ProjectFactory) -> None
         python: transforms.t:slow
       - id: second
         sql: SELECT t FROM first
-    """})
+    """}, settings=executor_settings)
     _marker_module(root)
     with hw.Project(root) as project:
         assert project.run("p").ok
@@ -279,3 +285,43 @@ def test_views_exist_for_every_step_a_later_step_may_read(
     c = StepOutput.from_json(outputs["c"]).relation
     assert [(41, 1)] == duckdb.connect().execute(c).fetchall()  # c read a through the view
     assert {"a", "b", "c", "d"} == set(outputs)
+
+
+def test_timeout_interrupts_a_long_query(make_project: ProjectFactory,
+                                        executor_settings: str) -> None:
+    """A SQL step past its timeout is interrupted (on Dask: on its worker) and the run
+    says it timed out, long before the query would have ended."""
+    root = make_project({"p": """
+    name: p
+    steps:
+      - id: heavy
+        sql: SELECT sum(hash(i)) AS h FROM range(20000000000) t(i)
+        materialize: true
+        timeout: 500ms
+    """}, settings=executor_settings)
+    with hw.Project(root) as project:
+        started = time.perf_counter()
+        run = project.run("p")
+    assert "failed" == run.status
+    assert "timed out after 0.5s" in (run.error or "")
+    assert time.perf_counter() - started < 8
+
+
+def test_cancel_interrupts_a_long_query(make_project: ProjectFactory,
+                                        executor_settings: str) -> None:
+    """``cancel`` reaches a running SQL step (on Dask: on its worker): the run ends
+    cancelled long before the query would have."""
+    root = make_project({"p": """
+    name: p
+    steps:
+      - id: heavy
+        sql: SELECT sum(hash(i)) AS h FROM range(20000000000) t(i)
+        materialize: true
+    """}, settings=executor_settings)
+    with hw.Project(root) as project:
+        run_id = project.queue("p")
+        threading.Timer(1.0, project.cancel, args=(run_id,)).start()
+        started = time.perf_counter()
+        run = project.execute(run_id)
+    assert "cancelled" == run.status
+    assert time.perf_counter() - started < 10

@@ -1,4 +1,5 @@
-"""SPEC §8: no row lost or duplicated across retries, reruns and crashes."""
+"""SPEC §8: no row lost or duplicated across retries, reruns and crashes (the quick ones on
+both executors: local threads and a Dask cluster, ``executor_settings``)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ def _csv(path: Path, start: int, count: int) -> None:
     write(path, "id,v\n" + "".join(f"{i},{i}\n" for i in range(start, start + count)))
 
 
-def test_crash_between_commit_and_record_is_repaired(make_project: ProjectFactory) -> None:
+def test_crash_between_commit_and_record_is_repaired(make_project: ProjectFactory,
+                                                     executor_settings: str) -> None:
     """If the store lost a version (crash after the Delta commit), the next run recovers
     it from the Delta log, with its incremental state, instead of ingesting files twice."""
-    root = make_project({"orders": PIPELINE})
+    root = make_project({"orders": PIPELINE}, settings=executor_settings)
     _csv(root / "landing/a.csv", 0, 10)
     with hw.Project(root) as project:
         assert project.run("orders").ok
@@ -44,9 +46,10 @@ def test_crash_between_commit_and_record_is_repaired(make_project: ProjectFactor
         assert 5 == ds.record(2)["rows_added"]
 
 
-def test_publish_is_idempotent_per_run(make_project: ProjectFactory) -> None:
+def test_publish_is_idempotent_per_run(make_project: ProjectFactory,
+                                       executor_settings: str) -> None:
     """Re-executing the same run's publish finds its own commit and appends nothing."""
-    root = make_project({"orders": PIPELINE})
+    root = make_project({"orders": PIPELINE}, settings=executor_settings)
     _csv(root / "landing/a.csv", 0, 10)
     with hw.Project(root) as project:
         run = project.run("orders")
@@ -94,9 +97,10 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(make_project: ProjectFactor
         assert [1] == project.dataset("orders").versions()
 
 
-def test_failed_publish_leaves_previous_version_untouched(make_project: ProjectFactory) -> None:
+def test_failed_publish_leaves_previous_version_untouched(make_project: ProjectFactory,
+                                                          executor_settings: str) -> None:
     """A bad file fails the run; version 1 still reads exactly as before."""
-    root = make_project({"orders": PIPELINE})
+    root = make_project({"orders": PIPELINE}, settings=executor_settings)
     _csv(root / "landing/a.csv", 0, 10)
     with hw.Project(root) as project:
         assert project.run("orders").ok

@@ -41,7 +41,28 @@ def check_project(runtime: ProjectRuntime) -> list[dict[str, Any]]:
     for pf in pipelines.values():
         problems.extend(check_pipeline(runtime, pf, published))
     problems.extend(_unset_references(runtime.root))
+    problems.extend(_executor_problems(runtime))
     return problems
+
+
+def _executor_problems(runtime: ProjectRuntime) -> list[dict[str, Any]]:
+    """``executor: {type: dask}`` needs the ``[dask]`` extra importable here."""
+    from headwater.config.loader import read_yaml
+
+    if runtime.config.executor.type != "dask":
+        return []
+    from headwater.engine.dask_executor import importable
+
+    if importable():
+        return []
+    try:
+        _, lines = read_yaml(runtime.root / PROJECT_FILE, PROJECT_FILE)
+        line = lines.find(("executor",))
+    except (OSError, ConfigError):
+        line = None
+    return [{"file": PROJECT_FILE, "line": line, "key": "executor",
+             "message": "executor type dask needs the [dask] extra, which is not installed: "
+                        "pip install 'headwater[dask]' (or use 'executor: local')"}]
 
 
 def check_pipeline(runtime: ProjectRuntime, pf: PipelineFile,
@@ -278,6 +299,12 @@ def check_connections(runtime: ProjectRuntime) -> list[dict[str, Any]]:
                                                             tables.get(name, []))]
         reports.append({"connection": name, "type": kind, "checks": checks,
                         "ok": all(c["ok"] for c in checks)})
+    if runtime.config.executor.type == "dask":
+        from headwater.engine.dask_executor import probe
+
+        what, ok, detail = probe(runtime.config.executor)
+        reports.append({"connection": "executor", "type": "dask", "ok": ok,
+                        "checks": [{"what": what, "ok": ok, "detail": REDACTOR(detail)}]})
     return reports
 
 

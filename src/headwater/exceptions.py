@@ -13,6 +13,7 @@
     ├── PublishError               a dataset commit failed; nothing was half-written
     ├── StoreError                 the metadata store is unreachable or inconsistent
     ├── TriggerError               a trigger could not be armed or fired
+    ├── ExecutorError              the executor (a Dask cluster) is unreachable or lost work
     ├── RunFailed                  a run ended failed; carries the run id and the first cause
     └── NotFoundError              a run, dataset or version that does not exist
 
@@ -104,6 +105,13 @@ class StoreError(HeadwaterError):
 
 class TriggerError(HeadwaterError):
     """A trigger could not be armed or fired."""
+
+
+class ExecutorError(HeadwaterError):
+    """The configured executor cannot run steps: no ``[dask]`` extra, an unreachable
+    scheduler (named by its address), or a task lost with its workers too often."""
+
+    exit_code = 1
 
 
 class RunFailed(HeadwaterError):

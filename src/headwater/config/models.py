@@ -65,9 +65,36 @@ class LocalExecutorConfig(Model):
     max_workers: int = Field(default=4, ge=1)
 
 
+class LocalClusterConfig(Model):
+    """A Dask cluster of worker processes on this machine, started with the run's process."""
+
+    workers: int = Field(default=2, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+
+
 class DaskExecutorConfig(Model):
+    """Steps and source partitions run as tasks on Dask distributed (extra ``[dask]``).
+
+    Exactly one of ``address`` (an existing scheduler, ``tcp://host:8786``) and
+    ``local_cluster`` (worker processes started on this machine). Workers must see the
+    project folder, its run folder and the warehouse at the same paths as the server.
+    """
+
     type: Literal["dask"]
-    address: str
+    address: str | None = None
+    local_cluster: LocalClusterConfig | None = None
+    connect_timeout: Duration = 10.0
+    """How long to wait for the scheduler before the run fails naming its address."""
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> DaskExecutorConfig:
+        if (self.address is None) == (self.local_cluster is None):
+            raise ValueError("executor type dask needs exactly one of 'address' "
+                             "(tcp://host:8786) and 'local_cluster' ({workers: N})")
+        if self.address is not None and "://" not in self.address:
+            raise ValueError(f"executor address {self.address!r} needs a scheme, "
+                             "like tcp://127.0.0.1:8786")
+        return self
 
 
 def _executor(value: Any) -> Any:

@@ -17,6 +17,7 @@ from a file become NULL. This module must never write outside ``out_path``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
@@ -73,6 +74,7 @@ __all__ = [
     "list_files",
     "materialize",
     "register_filesystem",
+    "scan_partition",
     "scan_sql",
     "split_empty",
     "sql_ident",
@@ -110,7 +112,9 @@ def _private_con(files: Sequence[FileInfo]) -> duckdb.DuckDBPyConnection:
     Remote filesystems are registered without storage options: enough for ``memory://``
     or public buckets; private ones need the caller's connection with its options.
     """
-    con = duckdb.connect()
+    threads = os.environ.get("HEADWATER_DUCKDB_THREADS", "").strip()  # engine.duckdb_pool
+    con = duckdb.connect(config={"threads": int(threads)} if threads.isdigit() and
+                         int(threads) > 0 else {})
     by_protocol = {url_protocol(f.path): f.path for f in files if is_remote(f.path)}
     for url in by_protocol.values():
         register_filesystem(con, url, None)
@@ -552,3 +556,35 @@ def _quoted_value(plan: _Plan, name: str) -> str:
     kinds = {kind for group in plan.groups for column, kind in group.columns if column == name}
     text = f"CAST({sql_ident(name)} AS VARCHAR)"
     return text if kinds == {"JSON"} else f"'\"' || {text} || '\"'"
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def scan_partition(spec: FilesSource, root: Path, out_dir: Path, name: str,
+                   part: tuple[int, Sequence[FileInfo]]) -> tuple[str, int]:
+    """Scan one partition of a files source into one Parquet file; ``(path, rows)``.
+
+    Runs on a cluster worker (``steps.base.FanOut``): the partition's files are sniffed
+    and planned here, as ``scan_sql`` plans any set of files (type hints and their errors
+    naming file and line included), so the server plans nothing and stays out of the
+    parallel part. Partitions whose sniffed types differ are unified when read back
+    (``read_parquet(..., union_by_name=true)`` widens to a common type). The file appears
+    under its final name only when complete (written aside, renamed), so a partition
+    retried after its worker died never leaves half a file behind.
+    """
+    index, files = part
+    con = _private_con(files)
+    final = out_dir / f"{name}.part-{index:04d}.parquet"
+    aside = final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        scan = scan_sql(files, spec, root=root, con=con, workdir=out_dir,
+                        name=f"{name}-p{index}")
+        rows = _copy(con, scan, aside)
+        aside.replace(final)
+    except duckdb.Error as exc:
+        raise translate_error(exc, files, name, root=root) from None
+    finally:
+        con.close()
+        aside.unlink(missing_ok=True)
+    return str(final), rows

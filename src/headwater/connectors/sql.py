@@ -16,7 +16,9 @@ changes nothing. This module must never import the engine, the steps or the serv
 
 from __future__ import annotations
 
+import functools
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from headwater.config.models import SqlSource
 from headwater.connectors import sql_drivers, sql_types
 from headwater.connectors.sql_drivers import ConnectionSpec, Dialect
 from headwater.exceptions import ConfigError, HeadwaterError, TerminalSourceError
+from headwater.steps.base import FanOut
 
 CURSOR_STATE = "cursor"
 """The incremental state key of a sql source (one per step)."""
@@ -100,18 +103,26 @@ class _Plan:
 
 def read(spec: ConnectionSpec, source: SqlSource, *, step_id: str, workdir: Path,
          previous: dict[str, Any], cancelled: Callable[[], bool] = lambda: False,
-         log: Callable[[str], None] = lambda _m: None) -> SqlRead:
-    """Read ``source`` into Parquet files under ``workdir``; see the module docstring."""
+         log: Callable[[str], None] = lambda _m: None,
+         fan_out: FanOut | None = None,
+         worker_spec: Callable[[], ConnectionSpec] | None = None) -> SqlRead:
+    """Read ``source`` into Parquet files under ``workdir``; see the module docstring.
+
+    ``fan_out`` (a cluster's map, ``steps.base.FanOut``) reads the partitions on workers;
+    ``worker_spec`` (which must pickle) builds the connection there, so its resolved
+    secret never travels in a task (without it, the spec itself is shipped).
+    """
     try:
         return _read(spec, source, step_id=step_id, workdir=workdir, previous=previous,
-                     cancelled=cancelled, log=log)
+                     cancelled=cancelled, log=log, fan_out=fan_out, worker_spec=worker_spec)
     except sql_types.UnmappableType as exc:
         raise TerminalSourceError(f"{spec.describe()}: {exc}", source=spec.name) from None
 
 
 def _read(spec: ConnectionSpec, source: SqlSource, *, step_id: str, workdir: Path,
           previous: dict[str, Any], cancelled: Callable[[], bool],
-          log: Callable[[str], None]) -> SqlRead:
+          log: Callable[[str], None], fan_out: FanOut | None = None,
+          worker_spec: Callable[[], ConnectionSpec] | None = None) -> SqlRead:
     dialect = sql_drivers.dialect(spec)
     base = _base_sql(dialect, source)
     plan = _Plan(base=base, where=[], params=[])
@@ -131,7 +142,8 @@ def _read(spec: ConnectionSpec, source: SqlSource, *, step_id: str, workdir: Pat
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.parquet"):
         stale.unlink()
-    parts = _read_parts(dialect, source, plan, out, mark, cursor, key_columns, cancelled)
+    parts = _read_parts(dialect, source, plan, out, mark, cursor, key_columns, cancelled,
+                        fan_out, worker_spec or functools.partial(_given, spec))
     result = _combine(parts)
     log(f"read {result.rows} rows from {spec.describe()}"
         + (f" ({result.dropped} already ingested at the cursor boundary)"
@@ -207,29 +219,57 @@ def _key_columns(spec: ConnectionSpec, source: SqlSource,
 
 def _read_parts(dialect: Dialect, source: SqlSource, plan: _Plan, out: Path,
                 mark: Mark | None, cursor: str | None, key_columns: list[str],
-                cancelled: Callable[[], bool]) -> list[_Part]:
+                cancelled: Callable[[], bool], fan_out: FanOut | None = None,
+                worker_spec: Callable[[], ConnectionSpec] | None = None) -> list[_Part]:
+    """Each partition on its own connection: threads here, or tasks on a cluster's
+    workers when ``fan_out`` is given (each then writes its own uniquely named files,
+    so a partition retried after a lost worker never mixes with the dead attempt's)."""
     ranges = _ranges(dialect, source, plan) if source.partitions else [([], [])]
-
-    def one(index: int) -> _Part:
-        clauses, params = ranges[index]
-        sql = plan.sql(clauses)
-        reader = _PartReader(out / f"part-{index:03d}", mark, cursor, key_columns)
-        session = dialect.connect()
-        try:
-            batches = session.batches(sql, [*plan.params, *params], source.batch_rows)
-            for batch in _prefetched(batches):
-                if cancelled():
-                    raise TerminalSourceError("cancelled while reading")
-                reader.add(batch)
-        finally:
-            reader.close()
-            session.close()
-        return reader.part
-
+    one = functools.partial(_read_one, dialect, source, plan, ranges, out, mark, cursor,
+                            key_columns)
+    if fan_out is not None and worker_spec is not None and len(ranges) > 1:
+        remote = functools.partial(_read_remote, worker_spec, source, plan, ranges, out,
+                                   mark, cursor, key_columns)
+        parts: list[_Part] = fan_out(remote, range(len(ranges)))
+        return parts
     if len(ranges) == 1:
-        return [one(0)]
+        return [one(0, cancelled=cancelled)]
     with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="hw-sql") as pool:
-        return list(pool.map(one, range(len(ranges))))
+        return list(pool.map(functools.partial(one, cancelled=cancelled), range(len(ranges))))
+
+
+def _given(spec: ConnectionSpec) -> ConnectionSpec:
+    return spec
+
+
+def _read_remote(worker_spec: Callable[[], ConnectionSpec], source: SqlSource, plan: _Plan,
+                 ranges: list[tuple[list[str], list[Any]]], out: Path, mark: Mark | None,
+                 cursor: str | None, key_columns: list[str], index: int) -> _Part:
+    """One partition on a worker, on a connection built there by ``worker_spec``."""
+    return _read_one(sql_drivers.dialect(worker_spec()), source, plan, ranges, out, mark,
+                     cursor, key_columns, index, unique=True)
+
+
+def _read_one(dialect: Dialect, source: SqlSource, plan: _Plan,
+              ranges: list[tuple[list[str], list[Any]]], out: Path, mark: Mark | None,
+              cursor: str | None, key_columns: list[str], index: int,
+              cancelled: Callable[[], bool] = lambda: False, unique: bool = False) -> _Part:
+    """Read partition ``index`` into Parquet files ``out/part-NNN[-token]-MMMM.parquet``."""
+    clauses, params = ranges[index]
+    sql = plan.sql(clauses)
+    name = f"part-{index:03d}" + (f"-{uuid.uuid4().hex[:8]}" if unique else "")
+    reader = _PartReader(out / name, mark, cursor, key_columns)
+    session = dialect.connect()
+    try:
+        batches = session.batches(sql, [*plan.params, *params], source.batch_rows)
+        for batch in _prefetched(batches):
+            if cancelled():
+                raise TerminalSourceError("cancelled while reading")
+            reader.add(batch)
+    finally:
+        reader.close()
+        session.close()
+    return reader.part
 
 
 _DONE = object()

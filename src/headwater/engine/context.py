@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headwater.config.templates import render
-from headwater.steps.base import StepOutput
+from headwater.steps.base import FanOut, StepOutput
 
 if TYPE_CHECKING:
     import duckdb
@@ -47,6 +47,8 @@ class RunContext:
     commit_hooks: list[CommitHook] = field(default_factory=list)
     """Shared by every step of the run; the engine calls them when the run ends."""
     parking: str | None = None
+    fan_out: FanOut | None = None
+    """Set by an executor with workers for this attempt: partitioned reads fan out."""
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         if self._cursor is None:

@@ -48,9 +48,18 @@ def _open(spill_dir: Path) -> Any:
         "temp_directory": str(own),
         # bounded memory whatever the input size: DuckDB spills past this
         "memory_limit": os.environ.get("HEADWATER_DUCKDB_MEMORY", "512MB"),
+        **duckdb_threads(),
     })
     db.execute("SET enable_progress_bar = false")  # DuckDB must not draw on our stderr
     return db
+
+
+def duckdb_threads() -> dict[str, int]:
+    """``{"threads": N}`` when ``HEADWATER_DUCKDB_THREADS`` caps DuckDB's threads (a Dask
+    worker sets it to its own thread count, so worker processes do not oversubscribe
+    the cores they share); else DuckDB's default, every core."""
+    value = os.environ.get("HEADWATER_DUCKDB_THREADS", "").strip()
+    return {"threads": int(value)} if value.isdigit() and int(value) > 0 else {}
 
 
 def release(db: Any) -> None:

@@ -1,21 +1,34 @@
-"""Where step functions execute: the seam a Dask executor plugs into later.
+"""Where step functions execute: the seam between the engine and a cluster.
 
-The engine hands an executor zero-argument callables and waits on the futures it returns;
-it never assumes threads. The local executor is a thread pool: DuckDB, Arrow and
-delta-rs release the GIL, so steps really run in parallel on one machine.
+The engine hands an executor zero-argument callables (a step's attempts: retries,
+timeouts and store records stay with the engine) and waits on the futures it returns;
+it never assumes threads. Inside an attempt it asks the executor to ``run_step``: the
+local executor calls the step function in that thread, the Dask executor
+(``engine.dask_executor``, imported only when configured) ships the step to a worker.
+The local executor is a thread pool: DuckDB, Arrow and delta-rs release the GIL, so
+steps really run in parallel on one machine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from headwater.steps.base import StepOutput, step_function
+
+if TYPE_CHECKING:
+    from headwater.engine.context import RunContext
 
 T = TypeVar("T")
 
 
 class Executor(Protocol):
     def submit(self, fn: Callable[[], T]) -> Future[T]: ...
+
+    def run_step(self, kind: str, ctx: RunContext, step: Any) -> StepOutput:
+        """Run one attempt of a step and return its output (its data already where
+        every later step, on any machine, can read it)."""
 
     def shutdown(self, wait: bool = True) -> None: ...
 
@@ -29,6 +42,9 @@ class LocalExecutor:
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         return self._pool.submit(fn)
 
+    def run_step(self, kind: str, ctx: RunContext, step: Any) -> StepOutput:
+        return step_function(kind)(ctx, step)
+
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
@@ -38,5 +54,9 @@ def make_executor(config: object) -> Executor:
     kind = getattr(config, "type", "local")
     if kind == "local":
         return LocalExecutor(int(getattr(config, "max_workers", 4)))
+    if kind == "dask":
+        from headwater.engine.dask_executor import DaskExecutor
+
+        return DaskExecutor(config)
     raise NotImplementedError(
-        f"executor {kind!r} is not available yet; use 'executor: local'")
+        f"executor {kind!r} is not available; use 'executor: local' or 'type: dask'")

@@ -35,7 +35,7 @@ from headwater.exceptions import (
     ValidationError,
 )
 from headwater.runtime import ProjectRuntime
-from headwater.steps.base import Parked, StepOutput, step_function
+from headwater.steps.base import Parked, StepOutput
 
 log = logging.getLogger("headwater.engine")
 
@@ -155,12 +155,13 @@ class RunEngine:
         workdir.mkdir(parents=True, exist_ok=True)
         db = duckdb_pool.acquire(self.project.root / ".headwater" / "spill", _confinement(
             self.project))
-        executor = make_executor(self.project.config.executor)
+        executor: Executor | None = None
         self.project.import_path()
         beat = threading.Thread(target=self._heartbeat, name="hw-heartbeat", daemon=True)
         beat.start()
         turn = contextlib.ExitStack()
         try:
+            executor = make_executor(self.project.config.executor)  # may fail: no cluster
             template_vars = self._template_vars(pf.config.params)
             self._step_codes = step_codes(dag, self.project.root, template_vars["params"])
             turn.enter_context(self._pipeline_turn(pf.config))
@@ -176,7 +177,8 @@ class RunEngine:
                 "", REDACTOR(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             self._stopped.set()
-            executor.shutdown(wait=self.state.failure is None)
+            if executor is not None:
+                executor.shutdown(wait=self.state.failure is None)
             if self.state.failure is None:
                 duckdb_pool.release(db)
             else:
@@ -462,10 +464,11 @@ class RunEngine:
 
         lazy = [(u, self.state.outputs[u]) for u in dag.upstream(sid)
                 if u in self.state.outputs and self.state.outputs[u].info.get("lazy")]
-        return executor.submit(lambda: self._run_step(step, make_ctx, attempt, lazy))
+        return executor.submit(lambda: self._run_step(step, make_ctx, attempt, lazy, executor))
 
     def _run_step(self, step: StepBase, make_ctx: Callable[[int], RunContext],
-                  attempt: _Attempt, lazy: list[tuple[str, StepOutput]]) -> StepOutput:
+                  attempt: _Attempt, lazy: list[tuple[str, StepOutput]],
+                  executor: Executor) -> StepOutput:
         kind = step_kind(step)
         total = step.retries.count + 1
         for number in range(1, total + 1):
@@ -476,7 +479,7 @@ class RunEngine:
             self._emit("step_started", step_id=step.id, kind=kind, attempt=number)
             started = time.perf_counter()
             try:
-                output = step_function(kind)(ctx, step)
+                output = executor.run_step(kind, ctx, step)
             except Parked:
                 from headwater.store.waits import mark_step_waiting
 

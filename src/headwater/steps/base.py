@@ -11,7 +11,7 @@ them. Step kinds must never import the engine, the server or the CLI.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -67,6 +67,16 @@ class StepOutput:
         )
 
 
+FanOut = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+"""``fan_out(func, items) -> [func(item), ...]`` run as parallel tasks on a cluster.
+
+Given to steps by an executor that has workers (Dask); None on the local executor. The
+function and the items must pickle (a module-level function, ``functools.partial`` over
+plain data) and results come back in order. Each call must write its data to files and
+return only their names and counts: rows never travel through the scheduler.
+"""
+
+
 def state_key(step_id: str, key: str) -> str:
     return f"{step_id}\x1f{key}"
 
@@ -97,6 +107,8 @@ class StepContext(Protocol):
     parking: str | None
     """Under ``headwater serve``: the server's base URL, and a waiting step may park the
     run (record a wait, raise ``steps.waits.Parked``). None: the step waits itself."""
+    fan_out: FanOut | None
+    """Partitioned reads hand their partitions to it when set (see ``FanOut``)."""
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection for this step's thread; earlier steps are views in it."""

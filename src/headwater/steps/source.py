@@ -10,6 +10,7 @@ the run's fingerprint and as incremental state that advances only with the publi
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import duckdb
@@ -89,12 +90,53 @@ def _files(ctx: StepContext, source: FilesSource) -> StepOutput:
         _bind(con, relation, matched, ctx.step_id, root)
         return StepOutput(relation=relation, rows=0, sources=[fingerprint], state=state)
     if source.bad_rows == "fail":
+        if ctx.fan_out is not None and options is None:
+            return _fanned_out(ctx, source, new, fingerprint, state)
         relation = fileconn.scan_sql(new, source, root=root, con=con, workdir=ctx.workdir,
                                      name=ctx.step_id)
         _bind(con, relation, new, ctx.step_id, root)
+        if ctx.fan_out is not None:  # on a cluster, but behind a connection's secret
+            return _spilled_here(ctx, relation, fingerprint, state, len(new))
         return StepOutput(relation=relation, sources=[fingerprint], state=state,
                           info={"files": len(new), "lazy": True})
     return _scan_with_rejects(ctx, source, new, fingerprint, state)
+
+
+MAX_PARTITIONS = 64
+"""A files source fans out to at most this many tasks (files are grouped beyond it)."""
+
+
+def _fanned_out(ctx: StepContext, source: FilesSource, files: list[Any],
+                fingerprint: dict[str, Any], state: dict[str, Any]) -> StepOutput:
+    """On a cluster: groups of files are planned and scanned in parallel on workers into
+    Parquet files in the run folder (``connectors.files.scan_partition``); the publish
+    then commits every part in one transaction."""
+    assert ctx.fan_out is not None
+    count = min(len(files), MAX_PARTITIONS)
+    size = -(-len(files) // count)
+    groups = [(i, files[i * size:(i + 1) * size]) for i in range(count)
+              if files[i * size:(i + 1) * size]]
+    scan = functools.partial(fileconn.scan_partition, source, ctx.project.root, ctx.workdir,
+                             ctx.step_id)
+    parts: list[tuple[str, int]] = ctx.fan_out(scan, groups)
+    listing = ", ".join(sql_string(path) for path, _ in parts)
+    ctx.log(f"read {len(files)} files in {len(groups)} partitions on the cluster",
+            partitions=len(groups))
+    return StepOutput(relation=f"SELECT * FROM read_parquet([{listing}], union_by_name=true)",
+                      rows=sum(rows for _, rows in parts), sources=[fingerprint], state=state,
+                      info={"files": len(files), "partitions": len(groups)})
+
+
+def _spilled_here(ctx: StepContext, relation: str, fingerprint: dict[str, Any],
+                  state: dict[str, Any], files: int) -> StepOutput:
+    """On a cluster, files behind a connection are read on the server (their credentials
+    stay there) into a Parquet spill of the run folder, which workers can read; a lazy
+    scan would need the filesystem and its secret registered on every worker."""
+    from headwater.steps.spill import spill
+
+    spilled = spill(ctx, relation)
+    return StepOutput(relation=spilled.relation, rows=spilled.rows, sources=[fingerprint],
+                      state=state, info={"files": files, **spilled.info})
 
 
 def _no_files(ctx: StepContext, source: FilesSource, path: str) -> StepOutput:
@@ -187,11 +229,30 @@ def _sql(ctx: StepContext, source: SqlSource) -> StepOutput:
     spec = connection_spec(source.connection, ctx.project.connection(source.connection),
                            ctx.project.root)
     previous = ctx.project.store.state(ctx.pipeline, ctx.step_id)
+    worker_spec = functools.partial(_spec_on_worker, str(ctx.project.root), ctx.project.env,
+                                    source.connection)
     result = sqlconn.read(spec, source, step_id=ctx.step_id, workdir=ctx.workdir,
-                          previous=previous, cancelled=ctx.cancelled, log=ctx.log)
+                          previous=previous, cancelled=ctx.cancelled, log=ctx.log,
+                          fan_out=ctx.fan_out, worker_spec=worker_spec)
     listing = ", ".join(sql_string(str(f)) for f in result.files)
     relation = f"SELECT * FROM read_parquet([{listing}], union_by_name=true)"
     state = {state_key(ctx.step_id, key): value for key, value in result.state.items()}
     return StepOutput(relation=relation, rows=result.rows, sources=[result.fingerprint],
                       state=state, info={"rows_in": result.rows,
                                          "rows_already_ingested": result.dropped})
+
+
+def _spec_on_worker(root: str, env: str | None, connection: str) -> Any:
+    """A SQL connection resolved on a cluster worker from the project there (its secrets
+    from the worker's own environment), so no task carries a resolved password."""
+    from headwater.connectors.sql_drivers import connection_spec
+    from headwater.runtime import ProjectRuntime
+
+    project = _worker_projects.get((root, env))
+    if project is None:
+        project = _worker_projects[(root, env)] = ProjectRuntime.load(root, env)
+    return connection_spec(connection, project.connection(connection), project.root)
+
+
+_worker_projects: dict[tuple[str, str | None], Any] = {}
+"""Projects loaded by this (worker) process for partition reads, by folder and env."""
