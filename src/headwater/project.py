@@ -217,9 +217,33 @@ class Project:
             trigger_info: Mapping[str, Any] | None = None,
             observer: Observer | None = None) -> Run:
         """Run a pipeline now, in this process, and return the finished run."""
+        self.finish_resumed(pipeline)
         run_id = self.queue(pipeline, params, trigger=trigger, trigger_info=trigger_info,
                             from_step=from_step, _status="running")
         return self.execute(run_id, observer)
+
+    def finish_resumed(self, pipeline: str) -> list[str]:
+        """Execute, here and first, the runs of ``pipeline`` whose process died after they
+        began publishing (queued again by the reaper); returns their ids.
+
+        Without a server nobody else would: the datasets they committed to would keep
+        their rows while those they had not reached would miss them.
+        """
+        import os
+
+        from headwater.store import queue
+        from headwater.store.liveness import RESUMED_LOCAL
+
+        self._reap_dead()
+        finished = []
+        for row in reversed(self.runtime.store.runs(pipeline, status=["queued"], limit=100)):
+            if row.get("parent_run_id") != row["id"] or \
+                    not str(row.get("error") or "").startswith(RESUMED_LOCAL):
+                continue  # a queued or resumed server run: a server's to take
+            if queue.claim_run(self.runtime.store, str(row["id"]), f"local:{os.getpid()}"):
+                execute_run(self.runtime, str(row["id"]))
+                finished.append(str(row["id"]))
+        return finished
 
     def execute(self, run_id: str, observer: Observer | None = None) -> Run:
         execute_run(self.runtime, run_id, observer)

@@ -264,6 +264,9 @@ def run(pipeline: str,
     """Run a pipeline now and wait for it."""
     proj = _project(project)
     printer = RunPrinter(resolve_log_format(log_format), quiet=json_)
+    for resumed in proj.finish_resumed(pipeline):
+        sys.stderr.write(f"finished run {resumed} first: its process died after it began "
+                         f"publishing\n")
     run_id = proj.queue(pipeline, _parse_params(param), from_step=from_step,
                         _status="running")
     _execute_interruptibly(proj, run_id, printer, json_)

@@ -180,6 +180,18 @@ def _scan_with_rejects(ctx: StepContext, source: FilesSource, files: list[Any],
 
 
 def _unseen(ctx: StepContext, matched: list[Any]) -> list[Any]:
+    """Files not yet ingested; for a run resumed after one of its publishes committed
+    (its own state is recorded), exactly the files it recorded then.
+
+    A run with two publish steps that dies between them has advanced the files' state
+    with the first commit. Resumed under its own id it reads the same files again: the
+    committed publish is skipped by its transaction id, the other one gets the same rows,
+    and files that landed since are left to the next run (the committed publish could
+    not take them).
+    """
+    own = ctx.project.store.state_of_run(ctx.pipeline, ctx.step_id, ctx.run_id)
+    if own:
+        return [f for f in matched if f.path in own]
     seen = ctx.project.store.state(ctx.pipeline, ctx.step_id)
     return [f for f in matched if seen.get(f.path) != f.fingerprint()]
 

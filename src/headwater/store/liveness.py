@@ -53,11 +53,18 @@ def is_dead(run: dict[str, Any]) -> bool:
             and int(pid) != os.getpid() and not process_alive(int(pid)))
 
 
+DIED = "its process died"
+RESUMED_LOCAL = f"resumed after {DIED}"
+"""The error a dead local run is queued again with (``Project.finish_resumed`` looks)."""
+
+
 def reap_dead(store: Store) -> list[str]:
     """End every ``running`` run of this host whose process died; returns their ids.
 
-    A local run (``headwater run``, the Python API) is failed, naming its process; a run a
-    server was executing is queued again so a server resumes it, as after a lease expiry.
+    A local run (``headwater run``, the Python API) is failed, naming its process, unless
+    a publish step of it began: then it is queued again, as a run a server was executing
+    always is, and resumed (by a server, or by the next ``headwater run`` of its pipeline)
+    so every dataset it publishes gets the same rows exactly once.
     """
     from headwater.store import queue
 
@@ -67,9 +74,23 @@ def reap_dead(store: Store) -> list[str]:
             t.runs.c.status == "running", t.runs.c.host == HOST))).all()
     dead = [dict(r._mapping) for r in rows if is_dead(dict(r._mapping))]
     for run in dead:
-        if str(run["worker"] or "").startswith("local:") or not run["worker"]:
+        local = str(run["worker"] or "").startswith("local:") or not run["worker"]
+        if not local:
+            queue.requeue_runs(store, [run["id"]], only_pid=run["pid"])
+        elif _began_publishing(store, str(run["id"])):
+            # a publish may have committed: only this run, resumed, can finish the others
+            # exactly once (see headwater.project.Project.finish_resumed)
+            queue.requeue_runs(store, [run["id"]], only_pid=run["pid"],
+                               reason=f"{DIED} (pid {run['pid']} on {HOST})")
+        else:
             queue.fail_unfinished(store, run["id"], f"its process died (pid {run['pid']} on "
                                   f"{HOST}) before the run ended", only_pid=run["pid"])
-        else:
-            queue.requeue_runs(store, [run["id"]], only_pid=run["pid"])
     return [str(r["id"]) for r in dead]
+
+
+def _began_publishing(store: Store, run_id: str) -> bool:
+    """Whether a publish step of the run started (its commit may be in the dataset)."""
+    with store.engine.connect() as conn:
+        return conn.execute(select(t.step_runs.c.id).where(and_(
+            t.step_runs.c.run_id == run_id, t.step_runs.c.kind == "publish")).limit(1)
+        ).first() is not None

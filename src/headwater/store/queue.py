@@ -152,7 +152,8 @@ def requeue_orphans(store: Store, lease_seconds: float, *,
     return [*reaped, *ids]
 
 
-def requeue_runs(store: Store, run_ids: Sequence[str], *, only_pid: int | None = None) -> None:
+def requeue_runs(store: Store, run_ids: Sequence[str], *, only_pid: int | None = None,
+                 reason: str = "its server stopped") -> None:
     """Queue running runs again to resume them; ``only_pid``: if that process still owns it."""
     with store.tx() as conn:
         for run_id in run_ids:
@@ -165,12 +166,12 @@ def requeue_runs(store: Store, run_ids: Sequence[str], *, only_pid: int | None =
             result = conn.execute(update(t.runs).where(owned).values(
                 status="queued", worker=None, host=None, pid=None, parent_run_id=run_id,
                 reuse_steps=sorted({str(s[0]) for s in steps}),
-                error="resumed after its server stopped"))
+                error=f"resumed after {reason}"))
             if result.rowcount != 1:
                 continue
             conn.execute(update(t.step_runs).where(and_(
                 t.step_runs.c.run_id == run_id, t.step_runs.c.status == "running")).values(
-                status="failed", error="interrupted: its server stopped",
+                status="failed", error=f"interrupted: {reason}",
                 finished_at=utcnow()))
             conn.execute(delete(t.run_locks).where(t.run_locks.c.run_id == run_id))
 

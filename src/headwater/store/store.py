@@ -491,6 +491,15 @@ class Store:
                  t.incremental_state.c.step_id == step_id)))
         return {r["key"]: r["value"] for r in rows}
 
+    def state_of_run(self, pipeline: str, step_id: str, run_id: str) -> dict[str, Any]:
+        """The incremental state ``run_id`` itself recorded for a step (a run resumed after
+        it committed part of its publishes reads exactly these inputs again)."""
+        rows = self._read(select(t.incremental_state.c.key, t.incremental_state.c.value).where(
+            and_(t.incremental_state.c.pipeline == pipeline,
+                 t.incremental_state.c.step_id == step_id,
+                 t.incremental_state.c.run_id == run_id)))
+        return {r["key"]: r["value"] for r in rows}
+
     def put_state(self, pipeline: str, state: Mapping[tuple[str, str], Mapping[str, Any]],
                   run_id: str | None) -> None:
         with self.tx() as conn:
