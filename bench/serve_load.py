@@ -22,6 +22,14 @@ spent busy (not parked in a wait) in each headwater function (inclusive) and in 
 function itself (native code counts for its Python caller; a thread blocked on a lock in C
 counts as busy). ``BENCH_PYSPY_GIL=1`` samples only the thread holding the GIL instead.
 The client shares the machine's cores with the server; its CPU is printed too.
+
+``--publish`` serves what a webhook ingestion does instead: ``a: SELECT`` of the webhook's
+time -> ``p: publish`` appending to one dataset, at ``--rate`` (default 1,000) a minute.
+It prints dataset versions/min committed in the window, the runs queued in the window that
+succeeded / failed / had not finished ``PUBLISH_GRACE`` s after it, run time p50/p99
+(runs.started_at -> finished_at), the Delta log's length and checkpoints, and then the
+floor side by side: a bare loop of one-row ``deltalake.write_deltalake`` appends in this
+process for ``--floor-seconds``. Target: >= 1,000 versions/min, 0 failed.
 """
 
 from __future__ import annotations
@@ -62,6 +70,19 @@ steps:
     sql: SELECT 1 AS x
   - id: b
     sql: SELECT x + 1 AS y FROM a
+"""
+
+TARGET_VERSIONS_PER_MIN = 1000
+PUBLISH_GRACE = 15.0
+"""After the window, how long runs queued in it may still take to finish (and count)."""
+PUBLISH_PIPELINE = f"""name: hook
+triggers:
+  - webhook: {{token: {TOKEN}}}
+steps:
+  - id: a
+    sql: SELECT 1 AS x, now() AS received
+  - id: p
+    publish: {{input: a, dataset: events}}
 """
 
 # --------------------------------------------------------------------------- client
@@ -237,13 +258,14 @@ def _frame(text: str) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def run(duration: float, rate: float, threads: int, profile: bool, settings: str) -> int:
+def run(duration: float, rate: float, threads: int, profile: bool, settings: str,
+        publish: bool = False, floor_seconds: float = 30.0) -> int:
     import psutil
 
     with tempfile.TemporaryDirectory(prefix="hw-load-") as tmp:
         root = Path(tmp)
         write(root / "headwater.yaml", "name: load\n" + settings)
-        write(root / "pipelines" / "hook.yaml", PIPELINE)
+        write(root / "pipelines" / "hook.yaml", PUBLISH_PIPELINE if publish else PIPELINE)
         reader = StoreReader(store_url(root))
         server = Served(root, env={"HEADWATER_SHUTDOWN_GRACE": "0"})
         try:
@@ -265,12 +287,23 @@ def run(duration: float, rate: float, threads: int, profile: bool, settings: str
             if spy is not None:
                 stop_profiler(spy, root / "profile.txt")
             grace_end = _let_started(reader, window_start, window_end, GRACE_SECONDS)
+            if publish:
+                grace_end = _let_finish(reader, window_start, window_end, PUBLISH_GRACE)
         finally:
             server.stop()
         rows = run_rows(reader)
         reader.close()
         seconds = (window_end - window_start).total_seconds()
-        code = report(rows, stats, window_start, window_end, grace_end, rate)
+        if publish:
+            code = report_publish(rows, stats, reader_versions(store_url(root), window_start,
+                                                               window_end),
+                                  window_start, window_end, grace_end, rate)
+            print_log_shape(root / "warehouse" / "events" / "_delta_log")
+            print_floor(root / "floor", floor_seconds,
+                        60.0 * _versions_in(store_url(root), window_start, window_end)
+                        / max((window_end - window_start).total_seconds(), 1e-9))
+        else:
+            code = report(rows, stats, window_start, window_end, grace_end, rate)
         cpu = _cpu(server_cpu0, server_cpu1)
         client = _cpu(client_cpu0, client_cpu1)
         print(f"CPU over the window: server {cpu:.1f} s ({100 * cpu / seconds:.0f}% of one "
@@ -305,6 +338,90 @@ def _let_started(reader: StoreReader, start: datetime, end: datetime,
             break
         time.sleep(0.2)
     return datetime.now(UTC)
+
+
+def _let_finish(reader: StoreReader, start: datetime, end: datetime,
+                grace: float) -> datetime:
+    """Give runs queued in the window up to ``grace`` seconds to finish."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if all(r["finished_at"] is not None for r in run_rows(reader)
+               if start <= r["created_at"] <= end):
+            break
+        time.sleep(0.2)
+    return datetime.now(UTC)
+
+
+def _versions_in(url: str, start: datetime, end: datetime) -> int:
+    return len(reader_versions(url, start, end))
+
+
+def reader_versions(url: str, start: datetime, end: datetime) -> list[datetime]:
+    """When each dataset version recorded inside the window was recorded."""
+    from sqlalchemy import create_engine, select
+
+    from headwater.store import schema as t
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = [_aware(r[0]) for r in conn.execute(
+                select(t.dataset_versions.c.created_at)
+                .where(t.dataset_versions.c.dataset == "events")).all()]
+    finally:
+        engine.dispose()
+    return [when for when in found if start <= when <= end]
+
+
+def report_publish(rows: list[dict[str, Any]], stats: ClientStats, versions: list[datetime],
+                   start: datetime, end: datetime, grace_end: datetime, rate: float) -> int:
+    """Versions/min in the window, and what became of every run queued in it."""
+    seconds = (end - start).total_seconds()
+    queued = [r for r in rows if start <= r["created_at"] <= end]
+    succeeded = [r for r in queued if r["status"] == "succeeded"]
+    failed = [r for r in queued if r["status"] == "failed"]
+    unfinished = [r for r in queued if r["finished_at"] is None]
+    durations = [(r["finished_at"] - r["started_at"]).total_seconds() for r in succeeded
+                 if r["started_at"] is not None]
+    per_min = 60.0 * len(versions) / seconds
+    print(f"\nclient: {stats.sent:,} POSTs ({60 * stats.sent / seconds:,.0f}/min offered "
+          f"of {rate:,.0f}/min asked), {stats.accepted:,} accepted"
+          + (f", errors {dict(stats.errors)}" if stats.errors else ""))
+    p50, p99 = (percentile(durations, p) if durations else 0.0 for p in (50, 99))
+    ok = per_min >= TARGET_VERSIONS_PER_MIN and not failed and not unfinished
+    within = (grace_end - start).total_seconds()
+    print(table(
+        ["window s", "queued", f"succeeded in {within:.0f} s", "failed", "unfinished",
+         "versions/min", "run p50 s", "run p99 s", f">={TARGET_VERSIONS_PER_MIN}/min 0 failed"],
+        [[seconds, len(queued), len(succeeded), len(failed), len(unfinished), per_min,
+          f"{p50:.3f}", f"{p99:.3f}", "PASS" if ok else "FAIL"]]))
+    return 0 if ok else 1
+
+
+def print_log_shape(log: Path) -> None:
+    commits = sorted(log.glob("*.json"))
+    checkpoints = sorted(log.glob("*.checkpoint.parquet"))
+    print(f"Delta log: {len(commits):,} commits, {len(checkpoints)} checkpoint(s)"
+          + (f", newest at {checkpoints[-1].name.split('.')[0].lstrip('0') or '0'}"
+             if checkpoints else ""))
+
+
+def print_floor(folder: Path, seconds: float, headwater_per_min: float) -> None:
+    """The floor: one process appending one-row versions with bare ``write_deltalake``."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    done, began = 0, time.monotonic()
+    while time.monotonic() - began < seconds:
+        write_deltalake(str(folder), pa.table({"x": [1], "received": [time.time()]}),
+                        mode="append")
+        done += 1
+    per_min = 60.0 * done / (time.monotonic() - began)
+    print(table(["what", "versions/min", "ratio"],
+                [["headwater serve, webhook -> SQL -> publish", headwater_per_min,
+                  f"{headwater_per_min / per_min:.2f}x"],
+                 [f"bare write_deltalake loop ({done:,} appends, {seconds:.0f} s)", per_min,
+                  "1.00x"]]))
 
 
 def _cpu(before: Any, after: Any) -> float:
@@ -359,8 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=120.0,
                         help="seconds of sustained load (default 120)")
-    parser.add_argument("--rate", type=float, default=float(TARGET_RUNS_PER_MIN),
-                        help="webhook POSTs a minute (default 4000)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="webhook POSTs a minute (default 4000, --publish 1000)")
+    parser.add_argument("--publish", action="store_true",
+                        help="webhook -> SQL -> append publish to one dataset")
+    parser.add_argument("--floor-seconds", type=float, default=30.0,
+                        help="--publish: seconds of the bare write_deltalake loop")
     parser.add_argument("--threads", type=int, default=32, help="client threads (default 32)")
     parser.add_argument("--max-concurrent-runs", type=int, default=None,
                         help="the project's max_concurrent_runs (default: headwater's)")
@@ -371,7 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_concurrent_runs:
         settings = f"max_concurrent_runs: {args.max_concurrent_runs}\n"
     with contextlib.suppress(KeyboardInterrupt):
-        return run(args.duration, args.rate, args.threads, args.profile, settings)
+        rate = args.rate or float(TARGET_VERSIONS_PER_MIN if args.publish
+                                  else TARGET_RUNS_PER_MIN)
+        return run(args.duration, rate, args.threads, args.profile, settings,
+                   publish=args.publish, floor_seconds=args.floor_seconds)
     return 130
 
 

@@ -30,6 +30,8 @@ from headwater.exceptions import NotFoundError, PublishError
 META_PREFIX = "headwater."
 MAINTENANCE = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "CHECKPOINT"})
 """Commit operations that rewrite files but never change a table's rows."""
+TAIL_COMMITS = 4
+"""Commits read first when looking for one just made (more only if others came after)."""
 
 
 @dataclass(frozen=True)
@@ -152,20 +154,25 @@ def open_table(uri: str, delta_version: int | None = None,
         raise
 
 
-def fresh_history(uri: str, storage_options: Mapping[str, str] | None = None
-                  ) -> list[dict[str, Any]]:
-    """Every commit's info, oldest first, numbered correctly even while others commit.
+def fresh_history(uri: str, storage_options: Mapping[str, str] | None = None, *,
+                  limit: int | None = None, table: Any = None) -> list[dict[str, Any]]:
+    """The newest ``limit`` commits' info (every commit if None), oldest first, numbered
+    correctly even while others commit.
 
     ``history()`` lists the log as it is *now* but numbers entries down from the handle's
     version, so a commit landing between loading and listing shifts every number. A
-    listing is trusted only if the table's version did not move across it.
+    listing is trusted only if the table's version did not move across it. ``table`` (a
+    handle the caller just loaded or wrote with) saves loading the log again; it is moved
+    to the newest version. A ``limit`` keeps a publish from reading every commit file of a
+    long log (delta-rs reads the newest ``limit`` only).
     """
     for _ in range(50):
-        table = open_table(uri, storage_options=storage_options)
         if table is None:
-            return []
+            table = open_table(uri, storage_options=storage_options)
+            if table is None:
+                return []
         before = table.version()
-        entries = table.history()
+        entries = table.history(limit)
         table.update_incremental()
         if table.version() == before:
             found = [e for e in entries if int(e.get("version", -1)) >= 0]
@@ -235,29 +242,39 @@ def commit_properties(app: str, metadata: Mapping[str, Any]) -> Any:
 
 def write(uri: str, data: pa.RecordBatchReader, *, mode: str, app: str,
           metadata: Mapping[str, Any], partition_by: Sequence[str] = (),
-          evolve: bool = True, storage_options: Mapping[str, str] | None = None) -> int:
-    """Append or overwrite in one commit; returns the new Delta version."""
+          evolve: bool = True, storage_options: Mapping[str, str] | None = None,
+          table: Any = None) -> int:
+    """Append or overwrite in one commit; returns the new Delta version.
+
+    ``table``, a handle of ``uri`` loaded under the dataset's turn, is written through (and
+    left at the commit) instead of loading the log once more.
+    """
     from deltalake import write_deltalake
 
     try:
         write_deltalake(  # type: ignore[call-overload]
-            uri, data, mode=mode,
+            uri if table is None else table, data, mode=mode,
             partition_by=list(partition_by) or None,
             schema_mode=("merge" if evolve and mode == "append" else
                          "overwrite" if evolve and mode == "overwrite" else None),
             commit_properties=commit_properties(app, metadata),
-            storage_options=_options(uri, storage_options),
+            storage_options=_options(uri, storage_options) if table is None else None,
         )
     except Exception as exc:
         raise PublishError(f"writing {uri} failed: {_first_line(exc)}") from exc
-    return committed_version(uri, metadata, storage_options)
+    return committed_version(uri, metadata, storage_options, table=table)
 
 
 def merge(uri: str, data: pa.RecordBatchReader, *, key: Sequence[str], app: str,
           metadata: Mapping[str, Any], evolve: bool = True,
-          storage_options: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    """Upsert on ``key`` in one commit; returns the new Delta version and merge metrics."""
-    table = open_table(uri, storage_options=storage_options)
+          storage_options: Mapping[str, str] | None = None,
+          table: Any = None) -> tuple[int, dict[str, Any]]:
+    """Upsert on ``key`` in one commit; returns the new Delta version and merge metrics.
+
+    ``table``, as for :func:`write`, saves loading the log once more.
+    """
+    if table is None:
+        table = open_table(uri, storage_options=storage_options)
     predicate = " AND ".join(f't."{k}" = s."{k}"' for k in key)
     try:
         metrics = (
@@ -270,21 +287,30 @@ def merge(uri: str, data: pa.RecordBatchReader, *, key: Sequence[str], app: str,
         )
     except Exception as exc:
         raise PublishError(f"merging into {uri} failed: {_first_line(exc)}") from exc
-    return committed_version(uri, metadata, storage_options), dict(metrics)
+    return committed_version(uri, metadata, storage_options, table=table), dict(metrics)
 
 
 def committed_version(uri: str, metadata: Mapping[str, Any],
-                      storage_options: Mapping[str, str] | None = None) -> int:
+                      storage_options: Mapping[str, str] | None = None, *,
+                      table: Any = None) -> int:
     """The Delta version of the commit made with ``metadata`` (by its run and step).
 
-    Not the table's latest version: another writer may have committed after it.
+    Not the table's latest version: another writer may have committed after it. The log is
+    read from its newest end, a few commits first and more only if the commit is older
+    (another writer's commits landed after it), so a publish costs the same on a table
+    with a long history as on a new one.
     """
     run_id, step_id = metadata.get("run_id"), metadata.get("step_id")
-    for dv, meta in reversed(commit_metadata(fresh_history(uri, storage_options))):
-        if meta.get("run_id") == run_id and meta.get("step_id") == step_id:
-            return int(dv)
-    raise PublishError(f"the commit of run {run_id} step {step_id} is not in the Delta log "
-                       f"of {uri}")
+    limit: int | None = TAIL_COMMITS
+    while True:
+        history = fresh_history(uri, storage_options, limit=limit, table=table)
+        for dv, meta in reversed(commit_metadata(history)):
+            if meta.get("run_id") == run_id and meta.get("step_id") == step_id:
+                return int(dv)
+        if limit is None or len(history) < limit:
+            raise PublishError(f"the commit of run {run_id} step {step_id} is not in the "
+                               f"Delta log of {uri}")
+        limit = limit * 16 if limit < 4096 else None
 
 
 def headwater_metadata(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -100,33 +100,52 @@ def schema_json(schema: pa.Schema) -> list[dict[str, Any]]:
 
 def reconcile(store: Store, dataset: str, uri: str,
               storage_options: Mapping[str, str] | None = None, *,
-              before: int | None = None) -> int:
+              before: int | None = None, table: Any = None) -> int:
     """Record every headwater commit of ``uri`` the store does not know yet (crash repair).
 
     Commits are matched to runs by their own commit metadata (run, step), read from a fresh
-    log, never by position; ``before`` stops at that Delta version. Returns how many
-    versions were recovered.
+    log, never by position; ``before`` stops at that Delta version. Only the commits after
+    the newest recorded one are read (each commit is recorded after every one before it),
+    so a publish to a long-lived dataset does not read its whole history. ``table``, a
+    handle the caller holds, saves loading the log again (it is moved to the newest
+    version). Returns how many versions were recovered.
     """
-    known = store.recorded_delta_versions(dataset)
-    table = delta.open_table(uri, storage_options=storage_options)
-    if table is None or (known and max(known) == int(table.version())):
+    newest = store.newest_delta_version(dataset)
+    if before is not None and newest is not None and newest >= before - 1:
+        return 0  # every commit before ``before`` is recorded: no log to read
+    if table is None:
+        table = delta.open_table(uri, storage_options=storage_options)
+    if table is None or (newest is not None and newest >= int(table.version())):
         return 0  # the newest commit is recorded, and every one before it was recorded first
-    history = delta.fresh_history(uri, storage_options)
+    history = _unrecorded_history(uri, storage_options, table, newest)
     entries = {int(h["version"]): h for h in history}
     recovered = 0
     for dv, meta in delta.commit_metadata(history):
         if before is not None and dv >= before:
             break
-        if dv in known:
+        if (newest is not None and dv <= newest) or store.has_delta_version(dataset, dv):
             continue
         metrics = entries[dv].get("operationMetrics", {}) or {}
-        table = delta.open_table(uri, dv, storage_options)
+        at_dv = delta.open_table(uri, dv, storage_options)
         store.ensure_dataset(dataset, uri, meta.get("pipeline"))
-        _record(store, dataset, dv, meta, table, rows_added=int(
+        _record(store, dataset, dv, meta, at_dv, rows_added=int(
             metrics.get("num_added_rows", metrics.get("num_target_rows_inserted", 0)) or 0),
             rows_removed=int(metrics.get("num_target_rows_deleted", 0) or 0))
         recovered += 1
     return recovered
+
+
+def _unrecorded_history(uri: str, storage_options: Mapping[str, str] | None, table: Any,
+                        newest: int | None) -> list[dict[str, Any]]:
+    """The log's commits after ``newest`` (all of them if nothing is recorded yet)."""
+    if newest is None:
+        return delta.fresh_history(uri, storage_options, table=table)
+    history = delta.fresh_history(uri, storage_options, table=table,
+                                  limit=max(int(table.version()) - newest, 1))
+    if history and int(history[0]["version"]) > newest + 1:  # more landed meanwhile
+        history = delta.fresh_history(uri, storage_options, table=table,
+                                      limit=int(table.version()) - newest)
+    return history
 
 
 def total_rows(table: Any) -> int:
@@ -211,9 +230,10 @@ def _publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatch
                     facts: VersionFacts, *, partition_by: Sequence[str],
                     evolve: bool, storage_options: Mapping[str, str] | None,
                     stats_fn: Any) -> PublishResult:
-    reconcile(store, dataset, uri, storage_options)
-    app = delta.app_id(facts.run_id, facts.step_id, dataset)
+    # one handle of the log serves the repair, the exactly-once check and the write
     table = delta.open_table(uri, storage_options=storage_options)
+    reconcile(store, dataset, uri, storage_options, table=table)
+    app = delta.app_id(facts.run_id, facts.step_id, dataset)
     if delta.already_committed(table, app):
         return PublishResult(dataset, None, 0, 0, skipped="already committed by this run")
     counting = delta.CountingReader.peek(reader)
@@ -233,7 +253,8 @@ def _publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatch
     # a concurrent writer may have committed before us and not recorded it yet: record
     # every earlier commit first, so version numbers stay dense and in commit order
     reconcile(store, dataset, uri, storage_options, before=dv)
-    table = delta.open_table(uri, dv, storage_options)
+    if table is None or int(table.version()) != dv:  # the handle moved past our commit
+        table = delta.open_table(uri, dv, storage_options)
     stats = drift = None
     if stats_fn is not None:
         stats, drift = stats_fn(table, dv)
@@ -253,14 +274,14 @@ def _commit(uri: str, counting: delta.CountingReader, table: Any, facts: Version
     if facts.mode == "merge" and table is not None:
         dv, metrics = delta.merge(uri, counting.reader(), key=facts.key, app=app,
                                   metadata=facts.metadata(), evolve=evolve,
-                                  storage_options=storage_options)
+                                  storage_options=storage_options, table=table)
         added = int(metrics.get("num_target_rows_inserted", 0))
         removed = int(metrics.get("num_target_rows_deleted", 0))
     elif facts.mode in ("append", "overwrite", "merge"):
         mode = "append" if facts.mode == "merge" else facts.mode
         dv = delta.write(uri, counting.reader(), mode=mode, app=app, metadata=facts.metadata(),
                          partition_by=partition_by, evolve=evolve,
-                         storage_options=storage_options)
+                         storage_options=storage_options, table=table)
         added = counting.rows
         removed = previous_rows if facts.mode == "overwrite" else 0
     else:  # pragma: no cover - the config model forbids it

@@ -1,6 +1,8 @@
 """Statistics of a whole dataset version, cheap enough to compute on every publish.
 
-Small versions are summarised exactly by :func:`~headwater.datasets.stats.column_stats`.
+Small versions are summarised exactly by :func:`~headwater.datasets.stats.column_stats`
+(over a temporary copy when they span many files, so the files are read once, not four
+times).
 Past ``SAMPLE_ROWS`` rows the distribution parts (mean, std, quantiles, histograms, top
 values, distinct estimates, drift) come from a repeatable system sample (whole 2,048-row
 vectors), while the facts a reader checks first stay exact: the row count, and each
@@ -40,8 +42,10 @@ def version_stats(con: Any, table: Any, *,
     hive = "true" if delta.partition_columns(table) else "false"
     relation = (f"SELECT * FROM read_parquet([{listing}], union_by_name=true, "
                 f"hive_partitioning={hive})")
-    if rows <= SAMPLE_ROWS:
+    if rows <= SAMPLE_ROWS and len(files) == 1:
         return column_stats(con, relation, reference=reference)
+    if rows <= SAMPLE_ROWS:
+        return _materialised_stats(con, relation, reference)
     # materialised once: column_stats makes several passes, each would re-sample the files
     name = f"__hw_sample_{uuid.uuid4().hex[:12]}"
     # system sampling takes whole vectors (2,048 rows) spread over the files: 5x cheaper
@@ -55,6 +59,20 @@ def version_stats(con: Any, table: Any, *,
         con.execute(f"DROP TABLE IF EXISTS {name}")
     _exact_facts(doc, actions, rows)
     return doc
+
+
+def _materialised_stats(con: Any, relation: str,
+                        reference: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Exact statistics of a small version spread over many files (a dataset grown by
+    many tiny appends): read once into a temporary table, because ``column_stats`` makes
+    four passes and each would open and bind every file again (at 200 one-row files that
+    was most of a publish)."""
+    name = f"__hw_small_{uuid.uuid4().hex[:12]}"
+    con.execute(f"CREATE TEMP TABLE {name} AS {relation}")
+    try:
+        return column_stats(con, f"SELECT * FROM {name}", reference=reference)
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def _exact_facts(doc: dict[str, Any], actions: pa.Table, rows: int) -> None:

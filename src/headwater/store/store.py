@@ -440,6 +440,15 @@ class Store:
             rows = conn.execute(select(v.delta_version).where(v.dataset == dataset)).all()
         return {int(r[0]) for r in rows}
 
+    def newest_delta_version(self, dataset: str) -> int | None:
+        """The newest Delta version of ``dataset`` with a record: repair reads the log from
+        there on (every earlier commit was recorded first), not from the start."""
+        v = t.dataset_versions.c
+        with self.engine.connect() as conn:
+            value = conn.execute(select(func.max(v.delta_version))
+                                 .where(v.dataset == dataset)).scalar()
+        return None if value is None else int(value)
+
     def next_version_number(self, dataset: str, delta_version: int) -> int:
         """The dense headwater version of a new commit: one past those committed before it
         (Delta versions have gaps where a user's OPTIMIZE or VACUUM committed)."""
