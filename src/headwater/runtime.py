@@ -54,10 +54,14 @@ class ProjectRuntime:
     """The environment whose overlay is applied (``--env`` / ``HEADWATER_ENV``), if any."""
 
     @classmethod
-    def load(cls, root: Path | str | None = None, env: str | None = None) -> ProjectRuntime:
+    def load(cls, root: Path | str | None = None, env: str | None = None, *,
+             store: Store | None = None) -> ProjectRuntime:
+        """Load the project at ``root``; ``store``, if given, is used (and closed with the
+        runtime) instead of opening the configured one."""
         folder = find_root(Path(root) if root is not None else None)
         env = env or os.environ.get("HEADWATER_ENV") or None
-        runtime = cls(root=folder, config=load_project_config(folder, env), env=env)
+        runtime = cls(root=folder, config=load_project_config(folder, env), env=env,
+                      _store=store)
         remember_all(project_texts(folder), folder)  # mask every secret, used or not
         _ = runtime.warehouse  # a remote warehouse's credentials are needed by every read
         return runtime

@@ -15,13 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
 from headwater.exceptions import ConfigError, NotFoundError
 from headwater.testing import compare
 from headwater.testing.cases import Case, Expectation, discover
-from headwater.testing.sandbox import CASE_DIR, build, store_template
+from headwater.testing.sandbox import CASE_DIR, build, open_store, store_engine, store_template
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 @dataclass
@@ -51,13 +54,18 @@ def run_tests(project: Any, only: str | None = None, *, update: bool = False) ->
         return []
     with tempfile.TemporaryDirectory(prefix="hw-test-") as tmp:
         template = store_template(Path(tmp))
-        results = []
-        for case in cases:
-            pf = project.runtime.pipeline(case.pipeline)
-            results.append(run_case(project.root, case, pf.config, update=update,
-                                    pipeline_file=pf.path, template=template,
-                                    workdir=Path(tmp) / "sandbox"))
-        return results
+        workdir = Path(tmp) / "sandbox"
+        engine = store_engine(workdir)
+        try:
+            results = []
+            for case in cases:
+                pf = project.runtime.pipeline(case.pipeline)
+                results.append(run_case(project.root, case, pf.config, update=update,
+                                        pipeline_file=pf.path, template=template,
+                                        workdir=workdir, engine=engine))
+            return results
+        finally:
+            engine.dispose()
 
 
 def _published(pipeline: Any) -> dict[str, list[str] | None]:
@@ -75,13 +83,15 @@ def _published(pipeline: Any) -> dict[str, list[str] | None]:
 
 def run_case(root: Path, case: Case, pipeline: Any, *, update: bool = False,
              pipeline_file: Path | None = None, template: Path | None = None,
-             workdir: Path | None = None) -> CaseResult:
+             workdir: Path | None = None, engine: Engine | None = None) -> CaseResult:
     """Run one case in a fresh sandbox and judge it.
 
     ``pipeline_file`` and ``template`` only save time (see
     :func:`headwater.testing.sandbox.build`); so does ``workdir``, a folder emptied after
     the case: sandboxes built at one path are confined to the same directories, so each
-    case reuses the pooled DuckDB database of the one before instead of opening one.
+    case reuses the pooled DuckDB database of the one before instead of opening one; and
+    ``engine`` (:func:`headwater.testing.sandbox.store_engine` of ``workdir``) opens the
+    case's own store with the statements earlier cases compiled.
     """
     from headwater.project import Project
 
@@ -97,7 +107,7 @@ def run_case(root: Path, case: Case, pipeline: Any, *, update: bool = False,
     with _sandbox_dir(workdir) as tmp:
         copy = build(root, case, tmp, pipeline_file=pipeline_file, store_template=template)
         fixtures = str(tmp / CASE_DIR)
-        with Project(copy) as sandbox:
+        with Project(copy, store=open_store(tmp, engine)) as sandbox:
             run = sandbox.run(case.pipeline, params=case.params)
             result.run_id = run.id
             error = (run.error or "").replace(fixtures, str(case.folder))  # the user's files
