@@ -53,6 +53,13 @@ class ProjectRuntime:
     env: str | None = None
     """The environment whose overlay is applied (``--env`` / ``HEADWATER_ENV``), if any."""
 
+    version_stats: bool = True
+    """Compute column statistics for every published version. ``headwater test`` turns it
+    off in a sandbox whose datasets are each published by one step: its store starts
+    empty, so no version there has a previous one to measure drift against, and nothing
+    reads the statistics of a throwaway store. A version whose previous version has
+    statistics still gets its own and its drift check, as in a real run."""
+
     @classmethod
     def load(cls, root: Path | str | None = None, env: str | None = None, *,
              store: Store | None = None) -> ProjectRuntime:
