@@ -53,6 +53,9 @@ def _data_roots(pipeline: dict[str, Any], settings: dict[str, Any]) -> set[str]:
 
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's loader when PyYAML has it: the pure-Python one is most of a copy's cost."""
+_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+"""libyaml's safe emitter likewise: ``yaml.safe_dump``'s pure-Python one was half of
+writing a sandbox's two YAML files."""
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -60,6 +63,11 @@ def _load(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a mapping", problems=[])
     return data
+
+
+def _dump(data: dict[str, Any]) -> str:
+    text: str = yaml.dump(data, Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
+    return text
 
 
 CASE_DIR = "case"
@@ -137,12 +145,10 @@ def build(root: Path, case: Case, into: Path, *, pipeline_file: Path | None = No
     if case.inputs.is_dir():
         shutil.copytree(case.inputs, inputs)
     (target / ".headwater" / "spill").mkdir(parents=True, exist_ok=True)  # DuckDB's temp
-    (target / PROJECT_FILE).write_text(yaml.safe_dump(settings, sort_keys=False),
-                                       encoding="utf-8")
+    (target / PROJECT_FILE).write_text(_dump(settings), encoding="utf-8")
     swapped = _swap_sources(pipeline, case, inputs)
     (target / PIPELINES_DIR).mkdir(parents=True, exist_ok=True)
-    (target / PIPELINES_DIR / pipeline_file.name).write_text(
-        yaml.safe_dump(swapped, sort_keys=False), encoding="utf-8")
+    (target / PIPELINES_DIR / pipeline_file.name).write_text(_dump(swapped), encoding="utf-8")
     return target
 
 
