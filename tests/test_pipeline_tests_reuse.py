@@ -93,7 +93,7 @@ def test_a_store_reopened_on_a_shared_engine_reuses_compiled_statements(
 
 def test_a_store_refuses_an_engine_of_another_database(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'one.db'}")
-    with pytest.raises(ValueError, match="two.db"):
+    with pytest.raises(ValueError, match=r"two\.db"):
         Store(f"sqlite:///{tmp_path / 'two.db'}", engine=engine)
     engine.dispose()
 

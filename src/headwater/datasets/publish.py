@@ -108,6 +108,8 @@ def reconcile(store: Store, dataset: str, uri: str,
     versions were recovered.
     """
     known = store.recorded_delta_versions(dataset)
+    if before is not None and set(range(before)) <= known:
+        return 0  # every commit before ``before`` is recorded (a first publish: none is)
     table = delta.open_table(uri, storage_options=storage_options)
     if table is None or (known and max(known) == int(table.version())):
         return 0  # the newest commit is recorded, and every one before it was recorded first

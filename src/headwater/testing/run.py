@@ -99,8 +99,8 @@ def run_case(root: Path, case: Case, pipeline: Any, *, update: bool = False,
     :func:`headwater.testing.sandbox.build`); so does ``workdir``, a folder emptied after
     the case: sandboxes built at one path are confined to the same directories, so each
     case reuses the pooled DuckDB database of the one before instead of opening one; and
-    ``engine`` (:func:`headwater.testing.sandbox.store_engine` of ``workdir``) opens the
-    case's own store with the statements earlier cases compiled.
+    ``engine`` (:func:`headwater.testing.sandbox.store_engine` of ``workdir``; used with a
+    ``template``) opens the case's own store with the statements earlier cases compiled.
     """
     from headwater.project import Project
 
@@ -116,7 +116,8 @@ def run_case(root: Path, case: Case, pipeline: Any, *, update: bool = False,
     with _sandbox_dir(workdir) as tmp:
         copy = build(root, case, tmp, pipeline_file=pipeline_file, store_template=template)
         fixtures = str(tmp / CASE_DIR)
-        with Project(copy, store=open_store(tmp, engine)) as sandbox:
+        store = open_store(tmp, engine) if template is not None else None  # migrated
+        with Project(copy, store=store) as sandbox:
             sandbox.runtime.version_stats = _published_twice(pipeline)
             run = sandbox.run(case.pipeline, params=case.params)
             result.run_id = run.id

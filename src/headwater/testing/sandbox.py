@@ -182,9 +182,10 @@ def store_engine(into: Path) -> Engine:
 
 def open_store(into: Path, engine: Engine | None) -> Store | None:
     """The store of the sandbox at ``into`` on ``engine`` (None: the project opens its own
-    from the sandbox's ``headwater.yaml``)."""
+    from the sandbox's ``headwater.yaml``). Not migrated: :func:`build` copied it from
+    :func:`store_template`, which is."""
     if engine is None:
         return None
     from headwater.store.store import Store
 
-    return Store(store_url(into), engine=engine)
+    return Store(store_url(into), engine=engine, migrate=False)
