@@ -90,6 +90,18 @@ def test_a_file_publish_imports_neither_pandas_nor_httpx(
     assert [] == _heavy(loaded, ("pandas", "httpx", "headwater.server", "jinja2"))
 
 
+def test_a_run_that_quarantines_rows_imports_no_pandas(make_project: ProjectFactory) -> None:
+    """The rejected rows of a CSV scan become an Arrow table without ``pa.table(dict)``,
+    which imports pandas (~0.4 s of every ``headwater test`` with a bad-row fixture)."""
+    pipeline = PUBLISH.replace("incremental: true}", "incremental: true, bad_rows: quarantine,"
+                               " columns: {id: int64, amount: double}}")
+    root = make_project({"pub": pipeline},
+                        files={"landing/a.csv": "id,amount\n1,2.5\n2,not-a-number\n"})
+    loaded = _modules_after([str(root), "pub"])
+    assert "headwater.connectors.rejects" in loaded  # the row really was rejected
+    assert [] == _heavy(loaded, ("pandas",))
+
+
 SERVE_PROBE = r"""
 import http.client, json, os, socket, sys, threading, time
 

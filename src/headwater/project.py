@@ -20,6 +20,7 @@ from headwater.runtime import ProjectRuntime
 
 if TYPE_CHECKING:
     from headwater.datasets.dataset import Dataset
+    from headwater.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,15 @@ def _number_or_text(value: str) -> Any:
 class Project:
     """A headwater project folder: run pipelines, read datasets, inspect runs."""
 
-    def __init__(self, path: str | Path | None = None, env: str | None = None) -> None:
-        self.runtime = ProjectRuntime.load(path, env)
+    def __init__(self, path: str | Path | None = None, env: str | None = None, *,
+                 store: Store | None = None) -> None:
+        """Load the project at ``path`` (else found from the working directory).
+
+        ``store``, an open :class:`~headwater.store.store.Store`, replaces the configured
+        one and is closed with the project: ``headwater test`` hands each case's sandbox
+        its throwaway store on a shared engine.
+        """
+        self.runtime = ProjectRuntime.load(path, env, store=store)
         self.root = self.runtime.root
         self.name = self.runtime.config.name
 

@@ -53,11 +53,22 @@ class ProjectRuntime:
     env: str | None = None
     """The environment whose overlay is applied (``--env`` / ``HEADWATER_ENV``), if any."""
 
+    version_stats: bool = True
+    """Compute column statistics for every published version. ``headwater test`` turns it
+    off in a sandbox whose datasets are each published by one step: its store starts
+    empty, so no version there has a previous one to measure drift against, and nothing
+    reads the statistics of a throwaway store. A version whose previous version has
+    statistics still gets its own and its drift check, as in a real run."""
+
     @classmethod
-    def load(cls, root: Path | str | None = None, env: str | None = None) -> ProjectRuntime:
+    def load(cls, root: Path | str | None = None, env: str | None = None, *,
+             store: Store | None = None) -> ProjectRuntime:
+        """Load the project at ``root``; ``store``, if given, is used (and closed with the
+        runtime) instead of opening the configured one."""
         folder = find_root(Path(root) if root is not None else None)
         env = env or os.environ.get("HEADWATER_ENV") or None
-        runtime = cls(root=folder, config=load_project_config(folder, env), env=env)
+        runtime = cls(root=folder, config=load_project_config(folder, env), env=env,
+                      _store=store)
         remember_all(project_texts(folder), folder)  # mask every secret, used or not
         _ = runtime.warehouse  # a remote warehouse's credentials are needed by every read
         return runtime

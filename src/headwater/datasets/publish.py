@@ -111,8 +111,8 @@ def reconcile(store: Store, dataset: str, uri: str,
     version). Returns how many versions were recovered.
     """
     newest = store.newest_delta_version(dataset)
-    if before is not None and newest is not None and newest >= before - 1:
-        return 0  # every commit before ``before`` is recorded: no log to read
+    if before is not None and (before == 0 or (newest is not None and newest >= before - 1)):
+        return 0  # every commit before ``before`` is recorded (a first publish: none is)
     if table is None:
         table = delta.open_table(uri, storage_options=storage_options)
     if table is None or (newest is not None and newest >= int(table.version())):

@@ -533,7 +533,7 @@ class RunEngine:
             from headwater.steps.publish import publish_rejected
 
             publish_rejected(self.project, self.run, code, rejected, step_id="_end",
-                             state=state)
+                             state=state, db=db)
         if state:
             from headwater.steps.base import split_state_key
 
