@@ -35,7 +35,7 @@ import headwater as hw
 from headwater.datasets import delta
 from headwater.exceptions import StoreError
 from headwater.store.store import Store
-from tests.conftest import PG_ADMIN, ProjectFactory
+from tests.conftest import INCREMENTAL_ORDERS, PG_ADMIN, ProjectFactory
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -373,14 +373,7 @@ def test_postgres_restart_under_serve_store_and_probe(make_project: ProjectFacto
 
 # --------------------------------------------------------------------------- disk full
 
-ORDERS = """
-name: orders
-steps:
-  - id: raw
-    source: {type: files, path: landing/*.csv, incremental: true}
-  - id: publish
-    publish: {input: raw, dataset: orders}
-"""
+ORDERS = INCREMENTAL_ORDERS
 
 
 @pytest.fixture
