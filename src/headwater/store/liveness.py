@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,26 +59,28 @@ RESUMED_LOCAL = f"resumed after {DIED}"
 """The error a dead local run is queued again with (``Project.finish_resumed`` looks)."""
 
 
-def reap_dead(store: Store) -> list[str]:
+def reap_dead(store: Store, resumable: Callable[[str], bool] | None = None) -> list[str]:
     """End every ``running`` run of this host whose process died; returns their ids.
 
     A local run (``headwater run``, the Python API) is failed, naming its process, unless
-    a publish step of it began: then it is queued again, as a run a server was executing
-    always is, and resumed (by a server, or by the next ``headwater run`` of its pipeline)
-    so every dataset it publishes gets the same rows exactly once.
+    a publish step of it began and ``resumable(pipeline)`` says a resumed run can re-read
+    exactly its inputs (see ``headwater.project.resumable``): then it is queued again, as
+    a run a server was executing always is, and the next ``headwater run`` of its pipeline
+    finishes it first, so every dataset it publishes gets the same rows exactly once.
     """
     from headwater.store import queue
 
     with store.engine.connect() as conn:
         rows = conn.execute(select(t.runs.c.id, t.runs.c.status, t.runs.c.host, t.runs.c.pid,
-                                   t.runs.c.worker).where(and_(
+                                   t.runs.c.worker, t.runs.c.pipeline).where(and_(
             t.runs.c.status == "running", t.runs.c.host == HOST))).all()
     dead = [dict(r._mapping) for r in rows if is_dead(dict(r._mapping))]
     for run in dead:
         local = str(run["worker"] or "").startswith("local:") or not run["worker"]
         if not local:
             queue.requeue_runs(store, [run["id"]], only_pid=run["pid"])
-        elif _began_publishing(store, str(run["id"])):
+        elif resumable is not None and resumable(str(run["pipeline"])) and \
+                _began_publishing(store, str(run["id"])):
             # a publish may have committed: only this run, resumed, can finish the others
             # exactly once (see headwater.project.Project.finish_resumed)
             queue.requeue_runs(store, [run["id"]], only_pid=run["pid"],
