@@ -10,7 +10,6 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -307,7 +306,7 @@ class Project:
         """A run whose process on this host died is ended now, not shown ``running``."""
         from headwater.store.liveness import reap_dead
 
-        reap_dead(self.runtime.store, resumable=partial(resumable, self.runtime))
+        reap_dead(self.runtime.store, resumable=self.runtime.resumable)
 
     def logs(self, run_id: str) -> list[dict[str, Any]]:
         row = self.runtime.store.run(run_id)
@@ -335,22 +334,3 @@ class Project:
             })
         return out
 
-
-def resumable(runtime: ProjectRuntime, pipeline: str) -> bool:
-    """Whether a dead local run of ``pipeline`` that began publishing is resumed (not failed).
-
-    Only when it has several publish steps (one publish commits with its state, so a
-    failed run owes nothing) and its sources are files or datasets: a resumed files
-    source re-reads exactly the files the run recorded, while a stream, SQL or HTTP
-    source would take new data its already-committed publish could no longer receive.
-    """
-    from headwater.config.models import DatasetSource, FilesSource, PublishStep, SourceStep
-
-    try:
-        steps = runtime.pipeline(pipeline).config.steps
-    except HeadwaterError:
-        return False
-    publishes = sum(isinstance(s, PublishStep) for s in steps)
-    sources_ok = all(isinstance(s.source, FilesSource | DatasetSource)
-                     for s in steps if isinstance(s, SourceStep))
-    return publishes > 1 and sources_ok

@@ -140,6 +140,25 @@ class ProjectRuntime:
             f" (known: {', '.join(sorted(pipelines)) or 'none'})")
         raise NotFoundError(f"no pipeline {name!r} in {self.root / PIPELINES_DIR}{suffix}")
 
+    def resumable(self, pipeline: str) -> bool:
+        """Whether a dead local run of ``pipeline`` that began publishing is resumed, not
+        failed (``store.liveness.reap_dead``).
+
+        Only when it has several publish steps: one publish commits with its state, so a
+        failed run owes nothing. Resumed, the run gives the publishes it had not reached
+        the same rows its committed one took: a files source re-reads exactly the files it
+        recorded, and a stream, SQL or HTTP source's spilled output is reused, not re-read
+        (``engine.reuse.decide``'s ``committed``).
+        """
+        from headwater.config.models import PublishStep
+        from headwater.exceptions import HeadwaterError
+
+        try:
+            steps = self.pipeline(pipeline).config.steps
+        except HeadwaterError:
+            return False
+        return sum(isinstance(s, PublishStep) for s in steps) > 1
+
     # ----------------------------------------------------------------- services
 
     @property

@@ -58,17 +58,23 @@ def step_codes(dag: Plan, root: Path, params: Mapping[str, Any]) -> dict[str, st
 
 def decide(dag: Plan, recorded: Mapping[str, StepOutput], *, parent_id: str,
            parent_code: str | None, code: str, codes: Mapping[str, str],
-           continuation: bool = False) -> ReuseDecision:
+           continuation: bool = False, committed: frozenset[str] = frozenset()
+           ) -> ReuseDecision:
     """Keep the reusable part of ``recorded`` (the parent run's outputs asked for).
 
     A ``continuation`` (a parked run going on after its wait) keeps its incremental
     sources: the run held the pipeline's lock all through the wait, so nothing else has
     read that state since, and re-reading would restart the step it waited on.
+    ``committed`` names incremental steps whose state this very run already committed
+    with one of its publishes (a run resumed after it died between two publishes): their
+    recorded output is exactly what that publish took, so the others must get it too;
+    re-reading a stream, a cursor or an API would hand them different rows.
     """
     changed = [sid for sid in _ordered(dag, recorded)
                if _code_changed(recorded[sid], codes.get(sid), parent_code, code)]
     incremental = [] if continuation else [
-        sid for sid in _ordered(dag, recorded) if recorded[sid].state]
+        sid for sid in _ordered(dag, recorded)
+        if recorded[sid].state and sid not in committed]
     stale: set[str] = set()
     for sid in [*changed, *incremental]:
         stale |= dag.downstream(sid)

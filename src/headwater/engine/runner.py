@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -326,11 +327,36 @@ class RunEngine:
         parent_code = self.store.run(parent)["code_version"] if parent != self.run_id \
             else self.run["code_version"]
         continuation = (self.run["trigger_info"] or {}).get("resume") == "wait"
+        committed = self._committed_by_self(found) if parent == self.run_id else frozenset()
         decision = decide(dag, found, parent_id=parent, parent_code=parent_code, code=code,
-                          codes=self._step_codes, continuation=continuation)
+                          codes=self._step_codes, continuation=continuation,
+                          committed=committed)
         for reason in decision.reasons:
             self._log(None, "warning", reason, {})
         return decision.outputs
+
+    def _committed_by_self(self, found: Mapping[str, StepOutput]) -> frozenset[str]:
+        """Incremental steps of this resumed run whose state it committed before it died
+        (with one of its publishes): their spilled output is reused, so every publish of
+        the run gets the same rows. A lazy files scan is re-executed instead (it re-reads
+        exactly the files it recorded, ``steps.source._unseen``). A spill that is gone
+        fails the run: re-reading would give the other datasets different rows."""
+        pipeline = str(self.run["pipeline"])
+        committed = set()
+        for sid, output in found.items():
+            if not output.state or output.info.get("lazy") or not output.relation:
+                continue
+            if not self.store.state_of_run(pipeline, sid, self.run_id):
+                continue
+            missing = [p for p in _spill_paths(output.relation) if not Path(p).exists()]
+            if missing:
+                raise HeadwaterError(
+                    f"run {self.run_id} died after committing part of its publishes and "
+                    f"step {sid!r}'s recorded output is gone ({missing[0]}): the datasets "
+                    "it had not reached miss that batch; rerun the pipeline's sources by "
+                    "hand or restore the run folder")
+            committed.add(sid)
+        return frozenset(committed)
 
     def _recorded_outputs(self, dag: Plan) -> dict[str, StepOutput]:
         steps = self.run["reuse_steps"]
@@ -638,3 +664,9 @@ def execute_run(project: ProjectRuntime, run_id: str, observer: Observer | None 
     ``waiting`` and the server's waiter continues it later.
     """
     return RunEngine(project, run_id, observer, worker, parking).execute()
+
+
+def _spill_paths(relation: str) -> list[str]:
+    """The local files a spilled output's ``read_parquet(...)`` names (quoted literals)."""
+    return [m.replace("''", "'") for m in re.findall(r"'((?:[^']|'')*)'", relation)
+            if m.endswith(".parquet")]

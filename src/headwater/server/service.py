@@ -165,7 +165,7 @@ class Server:
     def _recover(self) -> list[str]:
         """Runs a crashed server left ``running``: resume them (their lease has expired)."""
         return queue.requeue_orphans(self.store, self.options.lease_seconds,
-                                     worker=self.worker)
+                                     worker=self.worker, resumable=self.runtime.resumable)
 
     def _requeue_own(self, run_ids: list[str]) -> None:
         from sqlalchemy import update
@@ -349,7 +349,8 @@ class Server:
             await asyncio.sleep(2.0)
 
     def _housekeep_once(self) -> None:
-        taken = queue.requeue_orphans(self.store, self.options.lease_seconds)
+        taken = queue.requeue_orphans(self.store, self.options.lease_seconds,
+                                      resumable=self.runtime.resumable)
         if taken:
             log.warning("took over %d run(s) whose server stopped: %s", len(taken),
                         ", ".join(taken))

@@ -165,6 +165,13 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
         raise StepError(f"step {config.input!r} produced no rows to publish")
     con = ctx.cursor()
     uri = ctx.project.dataset_uri(config.dataset)
+    if source.rows == 0 and config.mode != "overwrite":
+        # known empty (an empty micro-batch may not even have the key's column): nothing
+        # to bind or commit, but the state it saw and its rejected rows still count
+        finish_pending_rejected(ctx, config.dataset)
+        result = PublishResult(config.dataset, None, 0, 0, skipped="no rows to publish")
+        _log_result(ctx, result, [])
+        return _finished(ctx, config, result, [])
     try:
         query = _final_query(con, source.relation, config)
         changes = _check_schema(con, query, ctx, config, uri)
@@ -191,6 +198,13 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
     _log_result(ctx, result, changes)
     for cast in casts:
         ctx.log(cast.describe())
+    return _finished(ctx, config, result, changes)
+
+
+def _finished(ctx: StepContext, config: PublishConfig, result: PublishResult,
+              changes: Sequence[str]) -> StepOutput:
+    """After the data commit (or none): the quarantined rows and the state follow."""
+    lineage = ctx.lineage
     nothing_new = result.skipped == "no rows to publish"
     _crash_point("publish:between-commits")
     # the quarantined rows follow the data: committed by run and step exactly once; if the

@@ -63,9 +63,9 @@ def reap_dead(store: Store, resumable: Callable[[str], bool] | None = None) -> l
     """End every ``running`` run of this host whose process died; returns their ids.
 
     A local run (``headwater run``, the Python API) is failed, naming its process, unless
-    a publish step of it began and ``resumable(pipeline)`` says a resumed run can re-read
-    exactly its inputs (see ``headwater.project.resumable``): then it is queued again, as
-    a run a server was executing always is, and the next ``headwater run`` of its pipeline
+    a publish step of it began and ``resumable(pipeline)`` says so
+    (``ProjectRuntime.resumable``): then it is queued again, as a run a server was
+    executing always is, and a server or the next ``headwater run`` of its pipeline
     finishes it first, so every dataset it publishes gets the same rows exactly once.
     """
     from headwater.store import queue

@@ -10,7 +10,7 @@ from its succeeded steps.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -129,19 +129,20 @@ def heartbeat(store: Store, run_ids: Sequence[str]) -> None:
             heartbeat_at=utcnow()))
 
 
-def requeue_orphans(store: Store, lease_seconds: float, *,
-                    worker: str | None = None) -> list[str]:
+def requeue_orphans(store: Store, lease_seconds: float, *, worker: str | None = None,
+                    resumable: Callable[[str], bool] | None = None) -> list[str]:
     """Queue again every running run whose heartbeat expired (its server died).
 
     With ``worker`` given, that worker's own running runs are requeued regardless of age
     (the server restarted under the same name). Runs of this host whose process is gone
-    are ended at once (:func:`headwater.store.liveness.reap_dead`). The run resumes: steps
-    that succeeded are reused (except those that read sources, which re-read against the
-    state committed since), and its publish is idempotent per run.
+    are ended at once (:func:`headwater.store.liveness.reap_dead`, with ``resumable``). The
+    run resumes: steps that succeeded are reused (except those that read sources, which
+    re-read against the state committed since, unless the run committed that state itself
+    before it died: ``engine.reuse.decide``), and its publish is idempotent per run.
     """
     from headwater.store.liveness import reap_dead
 
-    reaped = reap_dead(store)
+    reaped = reap_dead(store, resumable)
     cutoff = utcnow() - timedelta(seconds=lease_seconds)
     cond = and_(t.runs.c.status == "running", t.runs.c.heartbeat_at < cutoff)
     if worker is not None:
