@@ -231,10 +231,12 @@ class CountingReader:
         return pa.RecordBatchReader.from_batches(self.source.schema, self._batches())
 
 
-def commit_properties(app: str, metadata: Mapping[str, Any]) -> Any:
+def commit_properties(app: str, metadata: Mapping[str, Any], *,
+                      retries: int | None = None) -> Any:
     from deltalake import CommitProperties, Transaction
 
     return CommitProperties(
+        max_commit_retries=retries,
         app_transactions=[Transaction(app, 1)],
         custom_metadata={META_PREFIX + k: json.dumps(v, default=str) for k, v in
                          metadata.items()},

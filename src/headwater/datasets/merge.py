@@ -35,6 +35,7 @@ import decimal
 import json
 import math
 import os
+import signal
 import tempfile
 import time
 import uuid
@@ -46,15 +47,18 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from headwater.exceptions import PublishError
 from headwater.sqltext import ident, text
 
-TARGET_FILE_BYTES = 16 * 1024 * 1024
+TARGET_FILE_BYTES = 8 * 1024 * 1024
 """Parquet bytes a rewritten file aims at when the table sets no ``delta.targetFileSize``:
-small enough that a merge of recent keys rewrites a few percent of a 2M-row table, large
-enough that a reader opens tens of files per GB, not thousands."""
+small enough that a merge of recent keys rewrites ~10 % of a 2M-row table (~75 MB), large
+enough that a reader opens ~120 files per GB, not thousands."""
 STRING_STAT_CHARS = 32
 """delta-rs keeps this many characters of a string min/max (the max rounded up)."""
 _SRC = "__hw_merge_src"
+ATTEMPTS = 5
+"""Plans a merge makes when other writers keep committing between its read and its commit."""
 PLAIN_FEATURES = frozenset({"timestampNtz"})
 """Writer features that only widen the types a file may hold: a plain Parquet file with
 an add action still satisfies them. Any other (column mapping, deletion vectors, CDF,
@@ -81,8 +85,11 @@ def eligible(table: Any, source: pa.Schema, key: Sequence[str]) -> bool:
     root = delta.table_root(table)
     if "://" in root or delta.location_of(root) is not None or delta.partition_columns(table):
         return False
-    features = set(table.protocol().writer_features or ())
-    if table.protocol().min_writer_version > 7 or features - PLAIN_FEATURES:
+    protocol = table.protocol()
+    if protocol.writer_features is None:  # legacy versions: 3+ add constraints, CDF, ...
+        if protocol.min_writer_version > 2:
+            return False
+    elif protocol.min_writer_version > 7 or set(protocol.writer_features) - PLAIN_FEATURES:
         return False
     if any(k.startswith("delta.constraints.") for k in table.metadata().configuration):
         return False
@@ -113,24 +120,43 @@ def run(table: Any, data: pa.RecordBatchReader, *, key: Sequence[str], app: str,
         metadata: Mapping[str, Any]) -> dict[str, Any] | pa.RecordBatchReader:
     """Merge ``data`` into ``table`` in one commit; returns delta-rs-shaped metrics.
 
-    The source is read into DuckDB first (it may be larger than memory: DuckDB spills).
-    If it holds a key twice the merge is not run here: the source comes back as a reader
-    for delta-rs's ``MERGE``, which decides as it always did.
+    The source is read into DuckDB first (it may be larger than memory: DuckDB spills),
+    which lets a merge that lost a race to another writer plan again on the new snapshot.
+    If the source holds a key twice, or the table changed into one this module does not
+    write, the source comes back as a reader for delta-rs's ``MERGE`` instead.
     """
     import duckdb
+    from deltalake.exceptions import CommitFailedError
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hw-merge-") as spill:
-        con = duckdb.connect(config={"temp_directory": spill})
+        con = duckdb.connect(config={"temp_directory": spill, **_duckdb_limits()})
         try:
             con.register("__hw_merge_stream", data)
             con.execute(f"CREATE TEMP TABLE {_SRC} AS SELECT * FROM __hw_merge_stream")
             con.unregister("__hw_merge_stream")
-            if _duplicate_keys(con, key):
-                return con.table(_SRC).to_arrow_table().to_reader()
-            return _merge(con, table, key, app, metadata, started)
+            for _ in range(ATTEMPTS):
+                if _duplicate_keys(con, key) or not eligible(table, data.schema, key):
+                    return con.table(_SRC).to_arrow_table().to_reader()
+                try:
+                    return _merge(con, table, key, app, metadata, started)
+                except CommitFailedError:  # another writer committed since the snapshot
+                    table.update_incremental()
+            raise PublishError(f"other writers kept committing to {table.table_uri} while "
+                               f"merging ({ATTEMPTS} attempts); run the publish again")
         finally:
             con.close()
+
+
+def _duckdb_limits() -> dict[str, Any]:
+    """The bounds a run's DuckDB has (engine/duckdb_pool.py): the rewrite sorts whole
+    files and spills past the memory limit instead of growing the process."""
+    limits: dict[str, Any] = {
+        "memory_limit": os.environ.get("HEADWATER_DUCKDB_MEMORY", "512MB")}
+    threads = os.environ.get("HEADWATER_DUCKDB_THREADS", "").strip()
+    if threads.isdigit() and int(threads) > 0:
+        limits["threads"] = int(threads)
+    return limits
 
 
 def _duplicate_keys(con: Any, key: Sequence[str]) -> bool:
@@ -156,6 +182,7 @@ def _merge(con: Any, table: Any, key: Sequence[str], app: str,
         written = _write(con, root, target, key, plan, rows_per_file)
         copied = sum(a.rows for a in written) - plan.source_rows
         metrics = _metrics(plan, written, copied, started, scanned_at)
+        _crash_point("merge:before-commit")
         _commit(table, plan, written, target, app, {**metadata, "merge": _counts(metrics)})
     except BaseException:
         for file in written:  # never committed: leave no stray file behind
@@ -281,17 +308,27 @@ def _write_file(root: str, target: pa.Schema, batches: list[pa.RecordBatch]) -> 
     name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
     path = os.path.join(root, name)
     stats = _Stats(target)
-    with pq.ParquetWriter(path, target, compression="snappy") as writer:
-        for batch in batches:
-            cast = _cast(batch, target)
-            stats.add(cast)
-            writer.write_batch(cast)
+    try:
+        with pq.ParquetWriter(path, target, compression="snappy") as writer:
+            for batch in batches:
+                cast = _cast(batch, target)
+                stats.add(cast)
+                writer.write_batch(cast)
+    except BaseException:
+        _remove_quietly(path)
+        raise
     action = AddAction(name, os.path.getsize(path), {}, int(time.time() * 1000), True,
                        json.dumps(stats.document()))
     return Written(action, stats.rows)
 
 
 def _cast(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    """The batch in the table's exact Arrow types; a NULL in a NOT NULL column fails here,
+    as delta-rs's writer would fail it (pyarrow itself would write it)."""
+    for f, column in zip(target, batch.columns, strict=True):
+        if not f.nullable and column.null_count:
+            raise PublishError(f"column {f.name!r} is NOT NULL in the dataset but the merge "
+                               f"gives {column.null_count} row(s) a NULL there")
     if batch.schema.equals(target):
         return batch
     arrays = [batch.column(i).cast(f.type) for i, f in enumerate(target)]
@@ -408,9 +445,12 @@ def _commit(table: Any, plan: Plan, written: Sequence[Written], schema: pa.Schem
 
     now = int(time.time() * 1000)
     removes = [RemoveAction(path, True, now, size, {}) for path, size in plan.touched.items()]
+    # no retries: the commit must be the snapshot's next version or fail. delta-rs's
+    # retry would land it after another writer's commit without noticing that one had
+    # removed (compacted) or changed the very files planned from (deltalake 1.6.6)
     table.create_write_transaction(
         [*removes, *(w.action for w in written)], "append", table.schema(),
-        commit_properties=delta.commit_properties(app, metadata))
+        commit_properties=delta.commit_properties(app, metadata, retries=0))
 
 
 def _metrics(plan: Plan, written: Sequence[Written], copied: int, started: float,
@@ -439,6 +479,12 @@ def _counts(metrics: Mapping[str, Any]) -> dict[str, int]:
     """What crash repair needs to record the version as the run would have."""
     return {k: int(metrics[k]) for k in ("num_target_rows_inserted", "num_target_rows_updated",
                                          "num_target_rows_deleted")}
+
+
+def _crash_point(name: str) -> None:
+    """Die here, as kill -9 would, if ``HEADWATER_CRASH_AT`` names this point (tests)."""
+    if os.environ.get("HEADWATER_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _remove_quietly(path: str) -> None:
