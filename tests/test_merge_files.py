@@ -245,3 +245,23 @@ def test_merge_failing_mid_write_leaves_version_and_folder_unchanged(tmp_path: P
         _merge(uri, source)
     assert delta.open_table(uri).version() == version
     assert sorted(os.listdir(uri)) == files
+
+
+def test_crash_repair_records_a_merge_with_its_row_counts(tmp_path: Path) -> None:
+    """A merge committed but never recorded (the process died in between) is recorded by
+    ``reconcile`` with the rows it inserted, from the commit's own metadata."""
+    from headwater.datasets.publish import reconcile
+    from headwater.store.store import Store
+
+    uri = _table(tmp_path, [[1, 2], [3, 4]])
+    meta = {**META, "pipeline": "p", "mode": "merge"}
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        dv, _ = _merge(uri, _rows([2, 7, 8], "new"), meta=meta)
+        assert reconcile(store, "t", uri) == 1
+        record = store.version_at("t", dv)
+        assert record is not None
+        assert (record["rows_added"], record["rows_removed"], record["rows_total"]) == \
+            (2, 0, 6)
+    finally:
+        store.close()

@@ -40,6 +40,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -57,6 +58,8 @@ enough that a reader opens ~120 files per GB, not thousands."""
 STRING_STAT_CHARS = 32
 """delta-rs keeps this many characters of a string min/max (the max rounded up)."""
 _SRC = "__hw_merge_src"
+WRITERS = 2
+"""Files written side by side (each thread holds one file's rows, ~8 MiB compressed)."""
 ATTEMPTS = 5
 """Plans a merge makes when other writers keep committing between its read and its commit."""
 PLAIN_FEATURES = frozenset({"timestampNtz"})
@@ -278,10 +281,21 @@ def _write(con: Any, root: str, target: pa.Schema, key: Sequence[str], plan: Pla
     order = ", ".join(ident(k) for k in key)
     reader = con.sql(f"SELECT * FROM ({query}) ORDER BY {order}").to_arrow_reader(
         batch_size=min(rows_per_file, 122_880))
-    written: list[Written] = []
-    for batches in _chunks(reader, rows_per_file):
-        written.append(_write_file(root, target, batches))
-    return written
+    futures: list[Future[Written]] = []
+    try:
+        # pyarrow encodes with the GIL released: files are written side by side while
+        # DuckDB sorts the next ones, at most WRITERS files (each bounded) held at once
+        with ThreadPoolExecutor(WRITERS, thread_name_prefix="hw-merge-write") as pool:
+            for batches in _chunks(reader, rows_per_file):
+                futures.append(pool.submit(_write_file, root, target, batches))
+                while sum(not f.done() for f in futures) > WRITERS:
+                    wait(futures, return_when=FIRST_COMPLETED)
+        return [f.result() for f in futures]
+    except BaseException:
+        for f in futures:  # every file is written or failed by now: remove those written
+            if not f.cancelled() and f.exception() is None:
+                _remove_quietly(os.path.join(root, f.result().action.path))
+        raise
 
 
 def _chunks(reader: pa.RecordBatchReader, rows: int) -> Iterator[list[pa.RecordBatch]]:
