@@ -185,20 +185,40 @@ def recent_changes_csv_path(rows: int, seed: int = SEED) -> tuple[Path, int, int
     updates hit the newest keys (random among the newest ``2 * rows // 100``), the inserts
     continue above the keys the random changes file inserted."""
     total = rows // CHANGE_SHARE
+    newest = 2 * total
+    return _more_changes(f"orders_{rows}_s{seed}_recent1pct.csv", rows, seed + 3,
+                         first_insert=rows + 1 + (total - total // 2),
+                         update_range=(rows - newest + 1, newest))
+
+
+def random_changes_again_csv_path(rows: int, seed: int = SEED) -> tuple[Path, int, int]:
+    """A second random 1 %: other keys than :func:`changes_csv_path` updated (spread over
+    the whole table), inserts above the recent file's; so the merge cannot find its
+    updates where the first random merge left its own."""
+    total = rows // CHANGE_SHARE
+    return _more_changes(f"orders_{rows}_s{seed}_random2_1pct.csv", rows, seed + 4,
+                         first_insert=rows + 1 + 2 * (total - total // 2),
+                         update_range=(1, rows))
+
+
+def _more_changes(name: str, rows: int, seed: int, *, first_insert: int,
+                  update_range: tuple[int, int]) -> tuple[Path, int, int]:
+    """A cached CSV of ``rows // 100`` changed rows: half updates of keys drawn from
+    ``update_range`` (first key, how many), half inserts from ``first_insert`` on."""
+    total = rows // CHANGE_SHARE
     updates = total // 2
     inserts = total - updates
-    first_insert = rows + 1 + (total - total // 2)  # above the random file's inserts
-    path = DATA_DIR / f"orders_{rows}_s{seed}_recent1pct.csv"
+    path = DATA_DIR / name
     if not path.exists():
         import numpy as np
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
         DATA_DIR.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(seed + 3)
-        newest = 2 * total
+        rng = np.random.default_rng(seed)
+        first, span = update_range
         ids = np.concatenate([
-            np.sort(rng.choice(newest, updates, replace=False)) + rows - newest + 1,
+            np.sort(rng.choice(span, updates, replace=False)) + first,
             np.arange(first_insert, first_insert + inserts, dtype=np.int64),
         ]).astype(np.int64)
         batch: Any = _chunk(rng, 0, total)
@@ -363,20 +383,20 @@ def bench_merge(rows: int, work: Path, stats_repeat: int
 def merge_runs(project: Path, rows: int, inserts: int
                ) -> list[tuple[str, Measurement, dict[str, float], str]]:
     """(b) the random 1 % right after the overwrite (the table is what the overwrite
-    wrote), (c) the recent 1 % on the table (b) left, (d) the random 1 % again on it.
+    wrote), (c) the recent 1 % on the table (b) left, (d) another random 1 % on that.
 
     (c) is what an ML feed's CDC or upserts do: change the newest rows. (b) and (d) update
     keys spread over the whole table, so every file holds one and every file is rewritten.
     """
     recent, _, r_inserts = recent_changes_csv_path(rows)
+    again, _, a_inserts = random_changes_again_csv_path(rows)
     write_project(project, {
         "recent": pipeline("recent", recent, "mode: merge, key: [order_id]"),
-        "again": pipeline("again", changes_csv_path(rows)[0],
-                          "mode: merge, key: [order_id]"),
+        "again": pipeline("again", again, "mode: merge, key: [order_id]"),
     })
     plan = [("(b) random", "changes", rows + inserts),
             ("(c) recent", "recent", rows + inserts + r_inserts),
-            ("(d) random again", "again", rows + inserts + r_inserts)]
+            ("(d) random again", "again", rows + inserts + r_inserts + a_inserts)]
     found = []
     for label, name, total in plan:
         print(f"  {label} merge of 1 % changed rows ...", flush=True)

@@ -18,7 +18,7 @@ from deltalake import DeltaTable, write_deltalake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from headwater.datasets import delta
+from headwater.datasets import delta, merge
 from headwater.exceptions import PublishError
 
 META = {"run_id": "r1", "step_id": "publish"}
@@ -110,23 +110,33 @@ def test_merged_files_carry_exact_statistics(tmp_path: Path) -> None:
     assert got["max.d"] >= "z" * 40  # cut to 32 characters, rounded up
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(target=st.lists(st.integers(0, 60), min_size=0, max_size=40, unique=True),
        cuts=st.lists(st.integers(1, 40), max_size=4),
-       upsert=st.lists(st.integers(0, 80), min_size=1, max_size=20, unique=True))
+       upserts=st.lists(st.lists(st.integers(0, 80), min_size=1, max_size=20, unique=True),
+                        min_size=1, max_size=3),
+       sort_all=st.booleans())
 def test_merge_equals_a_dict_upsert(target: list[int], cuts: list[int],
-                                    upsert: list[int]) -> None:
-    """Random tables (keys spread over random files) and random upserts: the merged
+                                    upserts: list[list[int]], sort_all: bool) -> None:
+    """Random tables (keys spread over random files) and a few random upserts in a row,
+    with the touched files rewritten sorted or streamed in file order: every merged
     version holds exactly what upserting into a dict gives."""
     files = [target[a:b] for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(target)],
                                          strict=True)]
     files = [f for f in files if f] or [[999]]
-    with tempfile.TemporaryDirectory() as tmp:
-        uri = _table(Path(tmp), files)
-        expected = {i: f"old{i}" for f in files for i in f}
-        expected.update({i: f"new{i}" for i in upsert})
-        _merge(uri, _rows(upsert, "new"))
-        assert _content(uri) == expected
+    threshold = merge.SORTED_REWRITE_FILES
+    merge.SORTED_REWRITE_FILES = threshold if sort_all else 0
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            uri = _table(Path(tmp), files)
+            expected = {i: f"old{i}" for f in files for i in f}
+            for n, upsert in enumerate(upserts):
+                expected.update({i: f"new{n}_{i}" for i in upsert})
+                _merge(uri, _rows(upsert, f"new{n}_"), app=f"hw:r{n}:publish:t",
+                       meta={"run_id": f"r{n}", "step_id": "publish"})
+                assert _content(uri) == expected
+    finally:
+        merge.SORTED_REWRITE_FILES = threshold
 
 
 def test_merge_killed_before_commit_changes_nothing(tmp_path: Path) -> None:
