@@ -275,3 +275,18 @@ def test_crash_repair_records_a_merge_with_its_row_counts(tmp_path: Path) -> Non
             (2, 0, 6)
     finally:
         store.close()
+
+
+def test_long_string_keys_are_matched_past_their_cut_statistics(tmp_path: Path) -> None:
+    """String keys longer than the 32 characters a file's min/max keep: a key sorting past
+    the cut max of its file is still found there (never inserted a second time)."""
+    prefix = "k" * 40
+    uri = str(tmp_path / "t")
+    for ids in (["a", "b"], [prefix + "1", prefix + "9"], ["z"]):
+        write_deltalake(uri, pa.table({"id": ids, "v": ["old"] * len(ids)}), mode="append")
+    delta.merge(uri, pa.table({"id": [prefix + "9", "c"], "v": ["new", "new"]}).to_reader(),
+                key=["id"], app="hw:r1:publish:t", metadata=META)
+    table = delta.read_arrow(delta.open_table(uri))
+    rows = dict(zip(table["id"].to_pylist(), table["v"].to_pylist(), strict=True))
+    assert table.num_rows == 6 and rows[prefix + "9"] == "new" and rows["c"] == "new"
+    assert _newest_operation(uri) == "WRITE"

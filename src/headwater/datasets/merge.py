@@ -230,7 +230,8 @@ def _candidates(con: Any, actions: pa.Table, key: Sequence[str]) -> list[str]:
     """Log paths of the files whose per-column key range holds a source key value.
 
     A file lacking a key's statistics, or a key type whose statistics delta-rs rounds
-    (timestamps to the millisecond, decimals through floats), is always a candidate.
+    (timestamps to the millisecond, decimals through floats, long strings), is always a
+    candidate: a file wrongly ruled out would keep its row next to the updated one.
     """
     paths: list[str] = actions["path"].to_pylist()
     keep = [True] * len(paths)
@@ -245,10 +246,16 @@ def _candidates(con: Any, actions: pa.Table, key: Sequence[str]) -> list[str]:
             f"ORDER BY 1").fetchall()]
         for i, (lo, hi) in enumerate(zip(actions[lows].to_pylist(),
                                          actions[highs].to_pylist(), strict=True)):
-            if keep[i] and lo is not None and hi is not None:
+            if keep[i] and lo is not None and hi is not None and not _cut(hi):
                 at = bisect.bisect_left(values, lo)
                 keep[i] = at < len(values) and values[at] <= hi
     return [p for p, kept in zip(paths, keep, strict=True) if kept]
+
+
+def _cut(high: Any) -> bool:
+    """A string max that may have been cut to its first characters: writers round it
+    up differently (or not at all), so it bounds nothing for sure."""
+    return isinstance(high, str) and len(high) >= STRING_STAT_CHARS
 
 
 def _prunable(dtype: pa.DataType) -> bool:
