@@ -10,11 +10,14 @@ instead, in two passes that read no more than the key columns:
 2. DuckDB joins the remaining files' key columns (``filename``) to the source keys.
 
 Only the matched files are rewritten, without their matched rows, together with the whole
-source, sorted by key into files of a bounded size (``delta.targetFileSize``, else
+source, by key into files of a bounded size (``delta.targetFileSize``, else
 :data:`TARGET_FILE_BYTES`): over time a table that takes merges of recent keys (CDC,
 upserts of the newest rows) stays clustered, and a merge rewrites the tail, not the table.
 Every removed and added file lands in ONE Delta commit carrying the run's app transaction
-and commit metadata, so exactly-once and atomicity are those of :func:`delta.merge`.
+and commit metadata, so exactly-once and atomicity are those of :func:`delta.merge`. The
+commit is made on the snapshot the plan was read from or fails (no delta-rs retry onto a
+newer version, which would not notice that a concurrent OPTIMIZE removed the very files
+this one rewrote); the merge then plans again on the new snapshot.
 
 Deletion vectors would avoid even the tail rewrite, but deltalake 1.6.6 writes none (its
 ``AddAction`` has no descriptor) and headwater reads a version's Parquet files directly,
@@ -48,6 +51,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from headwater.datasets import delta
 from headwater.exceptions import PublishError
 from headwater.sqltext import ident, text
 
@@ -88,8 +92,6 @@ class Plan:
 
 def eligible(table: Any, source: pa.Schema, key: Sequence[str]) -> bool:
     """Whether this merge can run here exactly as delta-rs would (see the module doc)."""
-    from headwater.datasets import delta
-
     root = delta.table_root(table)
     if "://" in root or delta.location_of(root) is not None or delta.partition_columns(table):
         return False
@@ -177,8 +179,6 @@ def _duplicate_keys(con: Any, key: Sequence[str]) -> bool:
 
 def _merge(con: Any, table: Any, key: Sequence[str], app: str,
            metadata: Mapping[str, Any], started: float) -> dict[str, Any]:
-    from headwater.datasets import delta
-
     root = delta.table_root(table)
     actions = delta.add_actions(table)
     plan = _plan(con, root, actions, key)
@@ -489,8 +489,6 @@ def _stat_value(value: Any, *, high: bool) -> Any:
 def _commit(table: Any, plan: Plan, written: Sequence[Written], schema: pa.Schema,
             app: str, metadata: Mapping[str, Any]) -> None:
     from deltalake.transaction import RemoveAction
-
-    from headwater.datasets import delta
 
     now = int(time.time() * 1000)
     removes = [RemoveAction(path, True, now, size, {}) for path, size in plan.touched.items()]
