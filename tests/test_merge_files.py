@@ -290,3 +290,36 @@ def test_long_string_keys_are_matched_past_their_cut_statistics(tmp_path: Path) 
     rows = dict(zip(table["id"].to_pylist(), table["v"].to_pylist(), strict=True))
     assert table.num_rows == 6 and rows[prefix + "9"] == "new" and rows["c"] == "new"
     assert _newest_operation(uri) == "WRITE"
+
+
+def test_merged_files_carry_temporal_and_decimal_statistics(tmp_path: Path) -> None:
+    """Timestamps (naive and zoned), dates and decimals come back from the log as the
+    values they bound (timestamps to the millisecond, as delta-rs writes them)."""
+    import datetime as dt
+    import decimal
+
+    uri = str(tmp_path / "t")
+    zone = dt.timezone(dt.timedelta(hours=2))
+    schema = pa.schema([("id", pa.int64()), ("ts", pa.timestamp("us")),
+                        ("tz", pa.timestamp("us", tz="UTC")), ("day", pa.date32()),
+                        ("price", pa.decimal128(10, 2))])
+    write_deltalake(uri, pa.table({
+        "id": [1, 2], "ts": [dt.datetime(2024, 1, 1, 0, 0, 0, 123456), None],
+        "tz": [dt.datetime(2024, 1, 1, 12, tzinfo=zone), None],
+        "day": [dt.date(2024, 1, 1), dt.date(2024, 6, 1)],
+        "price": [decimal.Decimal("1.25"), decimal.Decimal("-3.50")]}, schema=schema))
+    _merge_source = pa.table({
+        "id": [2], "ts": [dt.datetime(2025, 5, 5, 5, 5, 5, 987654)],
+        "tz": [dt.datetime(2025, 1, 1, tzinfo=dt.UTC)], "day": [dt.date(2023, 1, 1)],
+        "price": [decimal.Decimal("9.99")]}, schema=schema)
+    delta.merge(uri, _merge_source.to_reader(), key=["id"], app="hw:r1:publish:t",
+                metadata=META)
+    assert _newest_operation(uri) == "WRITE"
+    got = delta.add_actions(delta.open_table(uri)).to_pylist()[0]
+    assert got["min.ts"] == dt.datetime(2024, 1, 1, 0, 0, 0, 123000)
+    assert got["max.ts"] == dt.datetime(2025, 5, 5, 5, 5, 5, 987000)
+    assert got["min.tz"] == dt.datetime(2024, 1, 1, 10, tzinfo=dt.UTC)
+    assert got["max.tz"] == dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    assert (got["min.day"], got["max.day"]) == (dt.date(2023, 1, 1), dt.date(2024, 1, 1))
+    assert (float(got["min.price"]), float(got["max.price"])) == (1.25, 9.99)
+    assert (got["null_count.ts"], got["null_count.tz"]) == (0, 0)
