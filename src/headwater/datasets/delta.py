@@ -26,6 +26,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 
 from headwater.exceptions import NotFoundError, PublishError
+from headwater.sqltext import ident
 
 META_PREFIX = "headwater."
 MAINTENANCE = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "CHECKPOINT"})
@@ -230,10 +231,12 @@ class CountingReader:
         return pa.RecordBatchReader.from_batches(self.source.schema, self._batches())
 
 
-def commit_properties(app: str, metadata: Mapping[str, Any]) -> Any:
+def commit_properties(app: str, metadata: Mapping[str, Any], *,
+                      retries: int | None = None) -> Any:
     from deltalake import CommitProperties, Transaction
 
     return CommitProperties(
+        max_commit_retries=retries,
         app_transactions=[Transaction(app, 1)],
         custom_metadata={META_PREFIX + k: json.dumps(v, default=str) for k, v in
                          metadata.items()},
@@ -271,11 +274,24 @@ def merge(uri: str, data: pa.RecordBatchReader, *, key: Sequence[str], app: str,
           table: Any = None) -> tuple[int, dict[str, Any]]:
     """Upsert on ``key`` in one commit; returns the new Delta version and merge metrics.
 
-    ``table``, as for :func:`write`, saves loading the log once more.
+    ``table``, as for :func:`write`, saves loading the log once more. Where it can,
+    :mod:`headwater.datasets.merge` does the merge, rewriting only the files that hold a
+    matched key; otherwise delta-rs's ``MERGE`` (which rewrites every file in the source's
+    key range).
     """
+    from headwater.datasets import merge as files_merge
+
     if table is None:
         table = open_table(uri, storage_options=storage_options)
-    predicate = " AND ".join(f't."{k}" = s."{k}"' for k in key)
+    if files_merge.eligible(table, data.schema, key):
+        try:
+            done = files_merge.run(table, data, key=key, app=app, metadata=metadata)
+        except Exception as exc:
+            raise PublishError(f"merging into {uri} failed: {_first_line(exc)}") from exc
+        if isinstance(done, dict):
+            return committed_version(uri, metadata, storage_options, table=table), done
+        data = done  # a key twice in the source: delta-rs's MERGE decides, as it always did
+    predicate = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in key)
     try:
         metrics = (
             table.merge(source=data, predicate=predicate, source_alias="s", target_alias="t",

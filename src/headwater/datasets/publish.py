@@ -125,7 +125,9 @@ def reconcile(store: Store, dataset: str, uri: str,
             break
         if (newest is not None and dv <= newest) or store.has_delta_version(dataset, dv):
             continue
-        metrics = entries[dv].get("operationMetrics", {}) or {}
+        # a merge headwater wrote itself (datasets/merge.py) carries its counts in its
+        # metadata; a delta-rs write or MERGE in the log's operationMetrics
+        metrics = meta.get("merge") or entries[dv].get("operationMetrics", {}) or {}
         at_dv = delta.open_table(uri, dv, storage_options)
         store.ensure_dataset(dataset, uri, meta.get("pipeline"))
         _record(store, dataset, dv, meta, at_dv, rows_added=int(
