@@ -370,26 +370,29 @@ class RunEngine:
                            seconds=0.0)
                 done.add(sid)
         running: dict[Future[StepOutput], str] = {}
-        pending = [sid for sid in dag.order if sid not in done]
+        pending = {sid: None for sid in dag.order if sid not in done}  # ordered set
+        unmet, dependants = _dependency_counts(dag, pending, done)
+        ready = [sid for sid in pending if not unmet[sid]]
         finished: queue.SimpleQueue[Future[StepOutput]] = queue.SimpleQueue()
         cancel_checked = 0.0
         while pending or running:
             if self.state.failure is None and self.state.parked is None and \
                     not self.cancel_event.is_set():
-                ready = [s for s in pending if all(d in done for d in dag.deps[s])]
                 if len(ready) == 1 and not running and self._inline_ok(executor, ready[0], dag):
-                    pending.remove(ready[0])
-                    future = self._run_inline(executor, dag, db, ready[0], workdir, code,
+                    sid = ready.pop()
+                    del pending[sid]
+                    future = self._run_inline(executor, dag, db, sid, workdir, code,
                                               template_vars)
-                    running[future] = ready[0]
+                    running[future] = sid
                     finished.put(future)
                 else:
-                    for sid in ready:
-                        pending.remove(sid)
+                    for sid in sorted(ready, key=dag.order.index) if len(ready) > 1 else ready:
+                        del pending[sid]
                         future = self._submit(executor, dag, db, sid, workdir, code,
                                               template_vars)
                         running[future] = sid
                         future.add_done_callback(finished.put)
+                    ready.clear()
             elif not running:
                 break
             if not running:
@@ -408,6 +411,10 @@ class RunEngine:
                     continue
                 self._accept(dag, db, sid, output)
                 done.add(sid)
+                for dependant in dependants[sid]:
+                    unmet[dependant] -= 1
+                    if not unmet[dependant] and dependant in pending:
+                        ready.append(dependant)
             now = time.monotonic()
             if now - cancel_checked > 0.5:
                 cancel_checked = now
@@ -619,6 +626,20 @@ class RunEngine:
             self.store.put_state(self.run["pipeline"],
                                  {split_state_key(k): v for k, v in state.items()},
                                  self.run_id)
+
+
+def _dependency_counts(dag: Plan, pending: Mapping[str, None], done: set[str],
+                       ) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """(step → how many of its needs are not done yet, step → the steps that need it).
+
+    The loop updates the counts as steps finish instead of re-checking every pending
+    step's needs after each one (quadratic in a long chain)."""
+    dependants: dict[str, list[str]] = {sid: [] for sid in dag.order}
+    for sid in dag.order:
+        for dep in dag.deps[sid]:
+            dependants.setdefault(dep, []).append(sid)
+    unmet = {sid: sum(1 for dep in dag.deps[sid] if dep not in done) for sid in pending}
+    return unmet, dependants
 
 
 def _drain(finished: queue.SimpleQueue[Future[StepOutput]],
