@@ -14,6 +14,7 @@ This module must stay cheap to import: no FastAPI, no engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -48,6 +49,9 @@ class StartingApp:
         self._app: ASGIApp | None = None
         self._error: str | None = None
         self._built = threading.Event()
+        self._lock = threading.Lock()
+        self._waiters: list[Callable[[], None]] = []
+        """Wake-ups of requests held until the build ends (called from its thread)."""
         self._guard = RequestGuard(self._answer_while_starting,
                                    hosts=allowed_hosts(server.options.host),
                                    auth_enabled=auth_probe(server))
@@ -60,7 +64,11 @@ class StartingApp:
             log.exception("the API could not be built")
             self._error = f"{type(exc).__name__}: {exc}"
         finally:
-            self._built.set()
+            with self._lock:
+                self._built.set()
+                waiters, self._waiters = self._waiters, []
+            for wake in waiters:
+                wake()
 
     def wait_built(self, timeout: float | None = None) -> bool:
         """Block until the full app is built (or failed to); False on timeout."""
@@ -85,14 +93,29 @@ class StartingApp:
         await self._after_build(scope, receive, send)
 
     async def _after_build(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self._built.is_set():
-            await asyncio.to_thread(self._built.wait)
+        await self._until_built()
         if self._app is None:
             if scope["type"] == "http":
                 await _json(send, 503, {"status": "error",
                                         "detail": f"the API failed to start: {self._error}"})
             return
         await self._app(scope, receive, send)
+
+    async def _until_built(self) -> None:
+        """Wait on the event loop, not in a thread: a burst of early requests must not
+        fill the default executor that health and the server's start-up use."""
+        loop = asyncio.get_running_loop()
+        built: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, built)
+
+        with self._lock:
+            if self._built.is_set():
+                return
+            self._waiters.append(wake)
+        await built
 
 
 def starting_app(server: Server) -> StartingApp:
@@ -121,6 +144,11 @@ def auth_probe(server: Server) -> Callable[[], bool]:
         return bool(seen["value"])
 
     return probe
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _json(send: Send, status: int, content: dict[str, Any]) -> None:
