@@ -71,3 +71,43 @@ def _child_of_project(pid: int, root: Path) -> bool:
         return Path(f"/proc/{pid}/cwd").resolve() == root.resolve()
     except OSError:
         return False
+
+
+HEAVY_SQL = """
+name: heavy
+steps:
+  - id: warm
+    sql: SELECT 1 AS x
+  - id: heavy
+    needs: [warm]
+    sql: SELECT sum(hash(i)) AS h FROM range(20000000000) t(i)
+    materialize: true
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_reaches_a_query_running_in_the_engine_thread(
+        make_project: ProjectFactory) -> None:
+    """A lone SQL step runs in the CLI's main thread (no worker hop); Ctrl-C during its
+    query still cancels the run within moments instead of waiting for the query."""
+    root = make_project({"heavy": HEAVY_SQL})
+    proc = subprocess.Popen([sys.executable, "-m", "headwater.cli.main", "run", "heavy",
+                             "--project", str(root)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    with hw.Project(root) as project:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            runs = project.runs("heavy")
+            if runs and any(s.step_id == "heavy" and s.status == "running"
+                            for s in project.get_run(runs[0].id).steps):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("step heavy never started")
+        started = time.time()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+        assert time.time() - started < 20, err  # the query would run for many minutes
+        assert 130 == proc.returncode, err
+        run = project.get_run(runs[0].id)
+        assert ("cancelled", "heavy") == (run.status, run.failed_step)

@@ -147,7 +147,9 @@ def test_serve_answers_health_before_loading_the_data_stack(
     assert 0 == result.returncode, result.stderr
     line = next(x for x in result.stdout.splitlines() if x.startswith("MODULES "))
     loaded: list[str] = json.loads(line.removeprefix("MODULES "))
-    assert "fastapi" in loaded and "headwater.server.app" in loaded
+    # the answer came from serve's listener; the full API may still be building beside it
+    # (``server.starting``), so whether FastAPI is loaded yet is a race, not asserted
+    assert "headwater.server.starting" in loaded and "uvicorn" in loaded
     assert [] == _heavy(loaded, NOT_BEFORE_HEALTH)
 
 

@@ -36,6 +36,11 @@ class Executor(Protocol):
 class LocalExecutor:
     """A bounded thread pool."""
 
+    runs_inline = True
+    """The engine may run a step whose work it can interrupt in its own thread instead
+    (``RunEngine._inline_ok``): the step function is called the same way either way.
+    Executors without this attribute (Dask) always get ``submit``."""
+
     def __init__(self, max_workers: int = 4) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="hw-step")
 

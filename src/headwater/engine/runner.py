@@ -13,11 +13,12 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ Observer = Callable[[str, Mapping[str, Any]], None]
 _NO_RETRY = (ConfigError, ValidationError, TerminalSourceError)
 ABANDON_GRACE = float(os.environ.get("HEADWATER_ABANDON_GRACE", "10"))
 """Seconds an interrupted step gets to return before the run stops waiting for it."""
+INLINE_KINDS = frozenset({"sql"})
+"""Step kinds the loop may run in its own thread (``RunEngine._inline_ok``)."""
 HEARTBEAT_SECONDS = float(os.environ.get("HEADWATER_HEARTBEAT_SECONDS", "5"))
 """How often a running run proves it is alive; a server's lease is several beats."""
 
@@ -114,6 +117,14 @@ class RunEngine:
         self._step_codes: dict[str, str] = {}
         """step id → its code hash (``engine.reuse.step_codes``), recorded with its output."""
         self._consumed: frozenset[str] | None = None
+        self._inline_lock = threading.Lock()
+        self._inline_sid: str | None = None
+        """The step the loop itself is running (``_run_inline``), watched by ``_watchdog``."""
+        self._watchdog_thread: threading.Thread | None = None
+        self._lazy: set[str] = set()
+        """Steps whose output is a lazy scan (a consumer's read error blames them); kept
+        so a step's upstream is walked only when there is one (a chain walked it each
+        step: quadratic)."""
         from headwater.lineage.openlineage import emitter_for
 
         self.lineage = emitter_for(project)
@@ -385,21 +396,36 @@ class RunEngine:
                            seconds=0.0)
                 done.add(sid)
         running: dict[Future[StepOutput], str] = {}
-        pending = [sid for sid in dag.order if sid not in done]
+        pending = {sid: None for sid in dag.order if sid not in done}  # ordered set
+        unmet, dependants = _dependency_counts(dag, pending, done)
+        ready = [sid for sid in pending if not unmet[sid]]
+        finished: queue.SimpleQueue[Future[StepOutput]] = queue.SimpleQueue()
         cancel_checked = 0.0
         while pending or running:
             if self.state.failure is None and self.state.parked is None and \
                     not self.cancel_event.is_set():
-                for sid in [s for s in pending if all(d in done for d in dag.deps[s])]:
-                    pending.remove(sid)
-                    running[self._submit(executor, dag, db, sid, workdir, code,
-                                         template_vars)] = sid
+                if len(ready) == 1 and not running and self._inline_ok(executor, ready[0], dag):
+                    sid = ready.pop()
+                    del pending[sid]
+                    future = self._run_inline(executor, dag, db, sid, workdir, code,
+                                              template_vars)
+                    running[future] = sid
+                    finished.put(future)
+                else:
+                    for sid in sorted(ready, key=dag.order.index) if len(ready) > 1 else ready:
+                        del pending[sid]
+                        future = self._submit(executor, dag, db, sid, workdir, code,
+                                              template_vars)
+                        running[future] = sid
+                        future.add_done_callback(finished.put)
+                    ready.clear()
             elif not running:
                 break
             if not running:
                 break
-            finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-            for future in finished:
+            for future in _drain(finished, timeout=0.5):
+                if future not in running:  # abandoned earlier: the run no longer waits
+                    continue
                 sid = running.pop(future)
                 try:
                     output = future.result()
@@ -411,10 +437,14 @@ class RunEngine:
                     continue
                 self._accept(dag, db, sid, output)
                 done.add(sid)
+                for dependant in dependants[sid]:
+                    unmet[dependant] -= 1
+                    if not unmet[dependant] and dependant in pending:
+                        ready.append(dependant)
             now = time.monotonic()
             if now - cancel_checked > 0.5:
                 cancel_checked = now
-                self._check_cancel_and_timeouts(running)
+                self._check_cancel_and_timeouts(running.values())
                 for future in self._abandoned(running):
                     sid = running.pop(future)
                     self.state.failure = self.state.failure or StepFailure(
@@ -425,16 +455,64 @@ class RunEngine:
         if self.cancel_event.is_set() and self.state.failure is None:
             self.state.failure = StepFailure("", "cancelled by request")
 
-    def _check_cancel_and_timeouts(self, running: Mapping[Future[StepOutput], str]) -> None:
+    def _inline_ok(self, executor: Executor, sid: str, dag: Plan) -> bool:
+        """Whether the one step that can run now may run in this thread, skipping the
+        hop to a worker thread and back (two thread switches, most of a no-op step's
+        wall time on a busy machine).
+
+        Only on the local executor (Dask ships steps to its workers), and only for kinds
+        whose work always yields to ``ctx.interrupt`` (DuckDB queries): a step this
+        thread cannot abandon must stop when its timeout or a cancel interrupts it, which
+        the watchdog thread (``_watchdog``) does while the loop is busy running it.
+        """
+        return bool(getattr(executor, "runs_inline", False)) and dag.kind(sid) in INLINE_KINDS
+
+    def _run_inline(self, executor: Executor, dag: Plan, db: Any, sid: str, workdir: Path,
+                    code: str, template_vars: Mapping[str, Any]) -> Future[StepOutput]:
+        """Run one step here, under the watchdog; its outcome as a finished future, so
+        the loop treats it exactly as one that ran on a worker thread."""
+        job = self._job(executor, dag, db, sid, workdir, code, template_vars)
+        future: Future[StepOutput] = Future()
+        self._ensure_watchdog()
+        with self._inline_lock:
+            self._inline_sid = sid
+        try:
+            future.set_result(job())
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - StepFailure, Parked, a bug:
+            future.set_exception(exc)  # the loop handles it as it would from a worker
+        finally:
+            with self._inline_lock:
+                self._inline_sid = None
+        return future
+
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog_thread is None:
+            self._watchdog_thread = threading.Thread(target=self._watchdog, daemon=True,
+                                                     name="hw-watchdog")
+            self._watchdog_thread.start()
+
+    def _watchdog(self) -> None:
+        """While the loop runs a step inline it cannot look at the clock or the store:
+        this thread applies that step's timeout and a cancel request instead, at the
+        loop's own pace (every 0.5 s)."""
+        while not self._stopped.wait(0.5):
+            with self._inline_lock:
+                if self._inline_sid is not None:
+                    with contextlib.suppress(HeadwaterError):  # a hiccup: the next look
+                        self._check_cancel_and_timeouts([self._inline_sid])
+
+    def _check_cancel_and_timeouts(self, running: Iterable[str]) -> None:
+        """Interrupt the given running steps on a cancel request or past their timeout."""
+        running = list(running)
         if not self.cancel_event.is_set() and self.store.cancel_requested(self.run_id):
             self.cancel_event.set()
             self._log(None, "warning", "cancel requested: stopping running steps", {})
-            for sid in running.values():
+            for sid in running:
                 attempt = self.state.attempts.get(sid)
                 if attempt and attempt.ctx:
                     attempt.ctx.interrupt("cancelled")
         now = time.monotonic()
-        for sid in running.values():
+        for sid in running:
             attempt = self.state.attempts.get(sid)
             if attempt and attempt.deadline and now > attempt.deadline and attempt.ctx \
                     and attempt.ctx.interrupted is None:
@@ -463,6 +541,8 @@ class RunEngine:
         reader, and each view costs a DuckDB catalog write (~1 ms, half a no-op step).
         """
         self.state.outputs[sid] = output
+        if output.info.get("lazy"):
+            self._lazy.add(sid)
         upstream = [self.state.lineage[d] for d in dag.deps[sid] if d in self.state.lineage]
         self.state.lineage[sid] = merge_outputs([*upstream, output])
         if self._consumed is None:
@@ -472,6 +552,12 @@ class RunEngine:
 
     def _submit(self, executor: Executor, dag: Plan, db: Any, sid: str, workdir: Path,
                 code: str, template_vars: Mapping[str, Any]) -> Future[StepOutput]:
+        return executor.submit(self._job(executor, dag, db, sid, workdir, code,
+                                         template_vars))
+
+    def _job(self, executor: Executor, dag: Plan, db: Any, sid: str, workdir: Path,
+             code: str, template_vars: Mapping[str, Any]) -> Callable[[], StepOutput]:
+        """A step's attempts (retries, timeouts, records) as one call, for any thread."""
         step = dag.steps[sid]
         inputs = {d: self.state.outputs[d] for d in dag.deps[sid] if d in self.state.outputs}
         lineage = merge_outputs([self.state.lineage[d] for d in dag.deps[sid]
@@ -489,8 +575,8 @@ class RunEngine:
                 parking=self.parking)
 
         lazy = [(u, self.state.outputs[u]) for u in dag.upstream(sid)
-                if u in self.state.outputs and self.state.outputs[u].info.get("lazy")]
-        return executor.submit(lambda: self._run_step(step, make_ctx, attempt, lazy, executor))
+                if u in self._lazy] if self._lazy else []
+        return lambda: self._run_step(step, make_ctx, attempt, lazy, executor)
 
     def _run_step(self, step: StepBase, make_ctx: Callable[[int], RunContext],
                   attempt: _Attempt, lazy: list[tuple[str, StepOutput]],
@@ -566,6 +652,38 @@ class RunEngine:
             self.store.put_state(self.run["pipeline"],
                                  {split_state_key(k): v for k, v in state.items()},
                                  self.run_id)
+
+
+def _dependency_counts(dag: Plan, pending: Mapping[str, None], done: set[str],
+                       ) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """(step → how many of its needs are not done yet, step → the steps that need it).
+
+    The loop updates the counts as steps finish instead of re-checking every pending
+    step's needs after each one (quadratic in a long chain)."""
+    dependants: dict[str, list[str]] = {sid: [] for sid in dag.order}
+    for sid in dag.order:
+        for dep in dag.deps[sid]:
+            dependants.setdefault(dep, []).append(sid)
+    unmet = {sid: sum(1 for dep in dag.deps[sid] if dep not in done) for sid in pending}
+    return unmet, dependants
+
+
+def _drain(finished: queue.SimpleQueue[Future[StepOutput]],
+           timeout: float) -> Iterator[Future[StepOutput]]:
+    """The futures finished so far, waiting up to ``timeout`` for the first one.
+
+    A queue fed by done-callbacks costs the same for 2 or 200 running steps, where
+    ``concurrent.futures.wait`` installs and removes a waiter on every one each time.
+    """
+    try:
+        yield finished.get(timeout=timeout)
+    except queue.Empty:
+        return
+    while True:
+        try:
+            yield finished.get_nowait()
+        except queue.Empty:
+            return
 
 
 def _describe(step: StepBase, kind: str, exc: BaseException, ctx: RunContext) -> str:

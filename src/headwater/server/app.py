@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import hmac
 import math
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Header, HTTPException, Request
@@ -24,8 +23,9 @@ from headwater.exceptions import HeadwaterError, NotFoundError
 from headwater.project import coerce_params
 from headwater.server.callbacks import router as callback_routes
 from headwater.server.guard import MAX_BODY, RequestGuard, allowed_hosts, read_capped
+from headwater.server.starting import auth_probe
+from headwater.server.starting import health as server_health
 from headwater.server.webhook import BadBody, parse_params
-from headwater.store import queue
 
 if TYPE_CHECKING:
     from headwater.server.service import Server
@@ -47,9 +47,8 @@ def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="headwater", version="0.1.0", openapi_url="/api/openapi.json",
                   docs_url=None, redoc_url=None, default_response_class=SafeJSONResponse)
     runtime = server.runtime
-    store = server.store
     app.add_middleware(RequestGuard, hosts=allowed_hosts(server.options.host),
-                       auth_enabled=_auth_probe(server))
+                       auth_enabled=auth_probe(server))
 
     @app.exception_handler(NotFoundError)
     async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
@@ -73,9 +72,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "worker": server.worker, "running": len(server.running),
-                "queued": queue.queued_count(store), "triggers": len(server.triggers),
-                "started_at": server.started_at.isoformat()}
+        return server_health(server, "ready")
 
     @app.post("/api/pipelines/{name}/trigger", status_code=202, openapi_extra={
         "requestBody": {"required": False, "content": {"application/json": {"schema": {
@@ -124,23 +121,6 @@ def create_app(server: Server) -> FastAPI:
 
     include_pages(app, include_api(app, server))
     return app
-
-
-def _auth_probe(server: Server) -> Callable[[], bool]:
-    """Whether any token exists (headwater.yaml or 'headwater token create'), asked of the
-    store at most every few seconds: the guard runs on every request."""
-    from headwater.store.access import has_tokens
-
-    seen = {"at": -1e9, "value": 0.0}
-
-    def probe() -> bool:
-        now = time.monotonic()
-        if now - seen["at"] > 5.0:
-            found = bool(server.runtime.auth_tokens()) or has_tokens(server.store)
-            seen.update(at=now, value=1.0 if found else 0.0)
-        return bool(seen["value"])
-
-    return probe
 
 
 def _validation_problem(error: Mapping[str, Any]) -> dict[str, Any]:

@@ -181,7 +181,7 @@ class Server:
     async def _start_api(self) -> Any:
         import uvicorn
 
-        from headwater.server.app import create_app
+        from headwater.server.starting import starting_app
 
         host = self.options.host
         if host not in LOOPBACK and not await asyncio.to_thread(_has_auth, self.runtime):
@@ -189,7 +189,7 @@ class Server:
                 f"refusing to serve on {host} without auth: run 'headwater token create "
                 "--role operator' (or add 'auth: {tokens: ...}' to headwater.yaml), or serve "
                 "on 127.0.0.1")
-        config = uvicorn.Config(create_app(self), host=host, port=self.options.port,
+        config = uvicorn.Config(starting_app(self), host=host, port=self.options.port,
                                 log_level="warning", lifespan="off", access_log=False)
         sock = _bind(host, self.options.port)
         api = uvicorn.Server(config)

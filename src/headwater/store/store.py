@@ -25,6 +25,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    bindparam,
     create_engine,
     event,
     func,
@@ -308,9 +309,9 @@ class Store:
 
     def start_step(self, run_id: str, step_id: str, kind: str, attempt: int) -> int:
         with self.tx() as conn:
-            result = conn.execute(insert(t.step_runs).values(
-                run_id=run_id, step_id=step_id, kind=kind, attempt=attempt,
-                status="running", started_at=utcnow()))
+            result = conn.execute(_INSERT_STEP_RUN, {
+                "run_id": run_id, "step_id": step_id, "kind": kind, "attempt": attempt,
+                "status": "running", "started_at": utcnow()})
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def record_step(self, run_id: str, step_id: str, kind: str, status: str,
@@ -318,20 +319,20 @@ class Store:
         """A step that did not run here (reused from an earlier run, or skipped)."""
         now = utcnow()
         with self.tx() as conn:
-            conn.execute(insert(t.step_runs).values(
-                run_id=run_id, step_id=step_id, kind=kind, attempt=0, status=status,
-                started_at=now, finished_at=now, seconds=0.0,
-                output=dict(output) if output else None, error=error))
+            conn.execute(_INSERT_STEP_RUN, {
+                "run_id": run_id, "step_id": step_id, "kind": kind, "attempt": 0,
+                "status": status, "started_at": now, "finished_at": now, "seconds": 0.0,
+                "output": dict(output) if output else None, "error": error})
 
     def finish_step(self, attempt_id: int, status: str, *, seconds: float,
                     rows_in: int | None = None, rows_out: int | None = None,
                     bytes_: int | None = None, error: str | None = None,
                     output: Mapping[str, Any] | None = None) -> None:
         with self.tx() as conn:
-            conn.execute(update(t.step_runs).where(t.step_runs.c.id == attempt_id).values(
-                status=status, finished_at=utcnow(), seconds=seconds, rows_in=rows_in,
-                rows_out=rows_out, bytes=bytes_, error=error,
-                output=dict(output) if output is not None else None))
+            conn.execute(_FINISH_STEP_RUN, {
+                "attempt_id": attempt_id, "status": status, "finished_at": utcnow(),
+                "seconds": seconds, "rows_in": rows_in, "rows_out": rows_out, "bytes": bytes_,
+                "error": error, "output": dict(output) if output is not None else None})
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         return self._read(select(t.step_runs).where(t.step_runs.c.run_id == run_id)
@@ -545,6 +546,13 @@ class Store:
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+
+
+_INSERT_STEP_RUN = insert(t.step_runs)
+_FINISH_STEP_RUN = update(t.step_runs).where(t.step_runs.c.id == bindparam("attempt_id"))
+"""The two writes of every step attempt, built once and executed with a dict of values:
+SQLAlchemy then reuses the compiled statement without deriving a cache key from each
+literal value (building ``.values(...)`` anew was most of a no-op step's store cost)."""
 
 
 def _upsert_dialect(is_sqlite: bool) -> Any:
