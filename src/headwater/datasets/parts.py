@@ -382,8 +382,8 @@ def _json_value(value: Any, t: pa.DataType) -> Any:
 
 
 def _timestamp_text(value: dt.datetime, t: pa.DataType) -> str:
-    millis = value.microsecond // 1000
-    fraction = f".{millis:03d}" if millis else ""
+    # delta-rs prints a fraction whenever there is one, cut to milliseconds (".000")
+    fraction = f".{value.microsecond // 1000:03d}" if value.microsecond else ""
     if isinstance(t, pa.TimestampType) and t.tz is not None:
         if value.tzinfo is not None:
             value = value.astimezone(dt.UTC)

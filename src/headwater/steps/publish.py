@@ -143,8 +143,8 @@ def _version_doc(ctx: StepContext, config: PublishConfig, table: Any, stream: An
     (an overwrite, a first version), combined with the previous version's document for a
     large append, and read from the version's files otherwise (a merge, a small append,
     or a previous version without statistics)."""
-    from headwater.datasets.publish import total_rows
     from headwater.datasets import version_stats as files
+    from headwater.datasets.publish import total_rows
     from headwater.datasets.stream_stats import combine_append
 
     if stream is not None and stream.rows == 0 and config.mode == "overwrite":
