@@ -463,7 +463,8 @@ def commit_parts(uri: str, parts: Sequence[Part], *, schema: pa.Schema, mode: st
         raise PublishError(f"commit_parts writes append or overwrite, not {mode!r}")
     if table is None:
         table = delta.open_table(uri, storage_options=storage_options)
-    props = delta.commit_properties(app, metadata)
+    props = delta.commit_properties(app, metadata, {
+        "num_added_files": len(parts), "num_added_rows": sum(p.rows for p in parts)})
     try:
         if table is None:
             _create(uri, parts, schema, partition_by, storage_options, props)
