@@ -1,4 +1,5 @@
-"""The Delta Lake boundary: every call into ``deltalake`` goes through this module.
+"""The Delta Lake boundary: every call into ``deltalake`` goes through this module (and
+:mod:`headwater.datasets.parts`, its streamed writes: Parquet parts + one write transaction).
 
 Writes are idempotent: each commit carries an app transaction ``(app_id, 1)`` unique to the
 run and step that made it, so a retried or re-executed publish sees that it already

@@ -71,7 +71,7 @@ class StreamStats:
 
     def sample(self) -> pa.Table:
         if self.schema is None:
-            return pa.table({})
+            return pa.Table.from_batches([], pa.schema([]))
         return pa.Table.from_batches([b for _, b in self.kept], self.schema)
 
     def _facts(self, batch: pa.RecordBatch) -> None:
