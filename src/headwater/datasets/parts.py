@@ -13,13 +13,17 @@ VACUUM removes them); this module never deletes a file another commit may list.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import os
+import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -38,6 +42,8 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024
 """Arrow bytes buffered per open file before they are encoded as one row group: the memory
 bound of a write (times the number of partitions written at once)."""
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+IN_FLIGHT = 2
+"""Batches handed to the encoding thread and not yet written."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,9 @@ class _Sink:
 
 
 class _Target:
-    """Where files go: a local folder (renamed when complete) or an fsspec URL (an object
-    store makes an upload visible only when it is closed)."""
+    """Where files go: a local folder (each file written beside its final name, renamed
+    when complete) or an fsspec URL (written to a local temporary file, then uploaded in
+    one piece: an object store shows an upload only once it is complete)."""
 
     def __init__(self, uri: str, storage_options: Mapping[str, str] | None) -> None:
         self.root = uri.rstrip("/")
@@ -109,21 +116,31 @@ class _Target:
         """(final path, temporary path, output stream) of a new file ``rel_dir/name``."""
         if self.fs is not None:
             final = "/".join(p for p in (self.inner, rel_dir, name) if p)
-            return final, final, pa.PythonFile(self.fs.open(final, "wb"), mode="w")
+            handle, temp = tempfile.mkstemp(prefix="headwater-part-", suffix=".parquet")
+            os.close(handle)
+            return final, temp, pa.OSFile(temp, "wb")
         folder = os.path.join(self.root, rel_dir) if rel_dir else self.root
         os.makedirs(folder, exist_ok=True)
         final = os.path.join(folder, name)
         temp = os.path.join(folder, f".{name}.tmp")
         return final, temp, pa.OSFile(temp, "wb")
 
-    def finish(self, sink: _Sink) -> None:
+    def finish(self, sink: _Sink) -> int:
+        """Put a complete file in place; returns its size."""
+        size = os.path.getsize(sink.temp)
         if self.fs is None:
             os.replace(sink.temp, sink.final)
+            return size
+        try:
+            self.fs.put_file(sink.temp, sink.final)
+        finally:
+            os.remove(sink.temp)
+        return size
 
-    def size(self, sink: _Sink) -> int:
-        if self.fs is None:
-            return os.path.getsize(sink.final)
-        return int(self.fs.size(sink.final))
+    def discard(self, sink: _Sink) -> None:
+        """Drop an unfinished file's local temporary (never a file in the table)."""
+        with contextlib.suppress(OSError):
+            os.remove(sink.temp)
 
 
 def partition_value(value: Any) -> str | None:
@@ -201,9 +218,9 @@ class _PartWriter:
         sink.writer.close()
         metadata = sink.writer.writer.metadata
         sink.stream.close()
-        self.target.finish(sink)
+        size = self.target.finish(sink)
         self.parts.append(Part(
-            path=sink.rel_path, size=self.target.size(sink), rows=sink.rows,
+            path=sink.rel_path, size=size, rows=sink.rows,
             partition_values=dict(sink.partition_values),
             stats=file_stats_json(metadata, self.file_schema),
             modification_time=int(time.time() * 1000)))
@@ -214,14 +231,13 @@ class _PartWriter:
         return self.parts
 
     def abandon(self) -> None:
-        """Close what is open without publishing it (a failed stream): temp files stay
-        orphans nobody lists."""
+        """Close what is open without publishing it (a failed stream); complete files
+        already in place stay, orphans no commit lists."""
         for sink in self.open.values():
-            try:
+            with contextlib.suppress(Exception):  # the original error is what matters
                 sink.writer.close()
                 sink.stream.close()
-            except Exception:  # noqa: BLE001 - the original error is what matters
-                pass
+            self.target.discard(sink)
         self.open.clear()
 
 
@@ -269,17 +285,38 @@ def write_parts(reader: pa.RecordBatchReader, uri: str, *, partition_by: Sequenc
     writer = _PartWriter(_Target(uri, storage_options), target_schema, partition_by,
                          target_file_bytes, row_group_bytes, prefix)
     try:
-        for batch in reader:
-            if not batch.num_rows:
-                continue
-            batch = _cast(batch, target_schema)
-            if on_batch is not None:
-                on_batch(batch)
-            writer.add(batch)
+        _pipeline(reader, writer, target_schema, on_batch)
         return writer.close_all()
     except BaseException:
         writer.abandon()
         raise
+
+
+def _pipeline(reader: pa.RecordBatchReader, writer: _PartWriter, schema: pa.Schema,
+              on_batch: Callable[[pa.RecordBatch], None] | None) -> None:
+    """Read (and watch) batches here while one worker thread encodes the previous ones:
+    pyarrow's Parquet writer releases the GIL, so the source's next batch and the
+    statistics overlap the encoding. At most ``IN_FLIGHT`` batches wait (bounded memory);
+    the worker's error surfaces here, and the source's own error propagates unchanged."""
+    pending: deque[Future[None]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="headwater-parts") as pool:
+        try:
+            for batch in reader:
+                if not batch.num_rows:
+                    continue
+                batch = _cast(batch, schema)
+                if on_batch is not None:
+                    on_batch(batch)
+                pending.append(pool.submit(writer.add, batch))
+                while len(pending) > IN_FLIGHT:
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            wait(pending)
+            raise
 
 
 def _cast(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

@@ -35,6 +35,17 @@ import pyarrow.compute as pc
 from headwater.datasets import version_stats
 from headwater.datasets.stats import QUANTILES, TOP_K, as_text, column_stats, jsonable
 
+_INDEX: list[pa.Array] = []
+
+
+def _strided(first: int, end: int, step: int) -> pa.Array:
+    """``range(first, end, step)`` as an Arrow index, built by Arrow (no Python ints)."""
+    count = len(range(first, end, step))
+    if not _INDEX or len(_INDEX[0]) < count:
+        _INDEX[:] = [pa.array(range(max(count, 1 << 18)), pa.int64())]
+    base = _INDEX[0].slice(0, count)
+    return pc.add(pc.multiply(base, step), first) if step != 1 or first else base
+
 
 class StreamStats:
     """Exact facts and a bounded, repeatable sample of a stream of record batches."""
@@ -45,7 +56,7 @@ class StreamStats:
         self.rows = 0
         self.stride = 1
         self.kept: list[tuple[int, pa.RecordBatch]] = []
-        """(global index of the first row, rows at that index + j * stride)."""
+        """(global position of the first row, rows at that position + j * stride)."""
         self.kept_rows = 0
         self.nulls: dict[str, int] = {}
         self.mins: dict[str, Any] = {}
@@ -93,25 +104,26 @@ class StreamStats:
             self.maxs[name] = hi
 
     def _sample(self, batch: pa.RecordBatch) -> None:
+        """Keep (a copy of) every ``stride``-th row, by global row position."""
         first = (-self.rows) % self.stride
         if first >= batch.num_rows:
             return
         piece = batch if self.stride == 1 else batch.take(
-            pa.array(range(first, batch.num_rows, self.stride), pa.int64()))
+            _strided(first, batch.num_rows, self.stride))
         self.kept.append((self.rows + first, piece))
         self.kept_rows += piece.num_rows
         while self.kept_rows > self.sample_rows:
             self._thin()
 
     def _thin(self) -> None:
-        """Double the stride: keep the kept rows whose global index it divides."""
+        """Double the stride: keep the kept rows whose global position it divides."""
         stride = self.stride * 2
         kept: list[tuple[int, pa.RecordBatch]] = []
         for start, piece in self.kept:
             offset = 0 if start % stride == 0 else 1
             if offset < piece.num_rows:
-                kept.append((start + offset * self.stride, piece.take(
-                    pa.array(range(offset, piece.num_rows, 2), pa.int64()))))
+                kept.append((start + offset * self.stride,
+                             piece.take(_strided(offset, piece.num_rows, 2))))
         self.stride, self.kept = stride, kept
         self.kept_rows = sum(p.num_rows for _, p in kept)
 
