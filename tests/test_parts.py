@@ -276,3 +276,40 @@ steps:
   - id: out
     publish: {input: raw, dataset: d, mode: append}
 """
+
+
+@pytest.mark.services
+def test_partitioned_parts_on_azure_blob_storage() -> None:
+    """On object storage (Azurite) parts are uploaded whole through delta-rs's object store
+    and read back by their hive names, odd partition values included."""
+    import os
+    import uuid
+
+    import fsspec
+
+    from headwater.datasets.locations import warehouse_location
+
+    port = os.environ.get("AZURITE_PORT", "10000")
+    conn = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    container = f"hw-{uuid.uuid4().hex[:10]}"
+    fs = fsspec.filesystem("az", connection_string=conn)
+    fs.mkdir(container)
+    try:
+        warehouse = f"az://{container}/wh"
+        location = warehouse_location(warehouse, {"type": "azure_blob",
+                                                  "connection_string": conn})
+        assert location is not None
+        delta.register_location(location)
+        uri = f"{warehouse}/t"
+        rows = pa.table({"id": [1, 2, 3], "p": ["a b", "é/=%", None]})
+        assert 0 == _commit(uri, rows.to_reader(), partition_by=("p",))
+        found = delta.read_arrow(delta.open_table(uri)).to_pylist()
+        assert rows.to_pylist() == sorted(found, key=lambda r: r["id"])
+    finally:
+        fs.rm(container, recursive=True)
+
+
+AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+               "KBHBeksoGMGw==")
+"""Azurite's well-known development key (public)."""

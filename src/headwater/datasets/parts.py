@@ -43,6 +43,7 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024
 bound of a write (times the number of partitions written at once)."""
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 IN_FLIGHT = 2
+UPLOAD_CHUNK = 8 * 1024 * 1024
 """Batches handed to the encoding thread and not yet written."""
 
 
@@ -96,26 +97,26 @@ class _Sink:
 
 class _Target:
     """Where files go: a local folder (each file written beside its final name, renamed
-    when complete) or an fsspec URL (written to a local temporary file, then uploaded in
-    one piece: an object store shows an upload only once it is complete)."""
+    when complete) or object storage (written to a local temporary file, then uploaded
+    through delta-rs's own object store with the table's credentials: an object appears
+    only once its upload completes)."""
 
     def __init__(self, uri: str, storage_options: Mapping[str, str] | None) -> None:
         self.root = uri.rstrip("/")
-        self.fs: Any = None
+        self.store: Any = None
         if "://" in self.root and not self.root.startswith("file://"):
-            from headwater.connectors.fsspec_util import open_filesystem
+            from deltalake._internal import DeltaFileSystemHandler
 
-            location = delta.location_of(self.root)
-            options: Mapping[str, Any] = (location.fsspec_options if location is not None
-                                          else dict(storage_options or {}))
-            self.fs, self.inner = open_filesystem(self.root, options)
+            # the raw handler: deltalake's pyarrow wrapper hands it Buffers it refuses
+            self.store = DeltaFileSystemHandler(
+                table_uri=self.root, options=delta._options(self.root, storage_options))
         else:
             self.root = self.root.removeprefix("file://")
 
     def open(self, rel_dir: str, name: str) -> tuple[str, str, Any]:
         """(final path, temporary path, output stream) of a new file ``rel_dir/name``."""
-        if self.fs is not None:
-            final = "/".join(p for p in (self.inner, rel_dir, name) if p)
+        if self.store is not None:
+            final = f"{rel_dir}/{name}" if rel_dir else name
             handle, temp = tempfile.mkstemp(prefix="headwater-part-", suffix=".parquet")
             os.close(handle)
             return final, temp, pa.OSFile(temp, "wb")
@@ -128,11 +129,15 @@ class _Target:
     def finish(self, sink: _Sink) -> int:
         """Put a complete file in place; returns its size."""
         size = os.path.getsize(sink.temp)
-        if self.fs is None:
+        if self.store is None:
             os.replace(sink.temp, sink.final)
             return size
         try:
-            self.fs.put_file(sink.temp, sink.final)
+            out = self.store.open_output_stream(sink.final, None)
+            with open(sink.temp, "rb") as source:
+                while chunk := source.read(UPLOAD_CHUNK):
+                    out.write(chunk)
+            out.close()
         finally:
             os.remove(sink.temp)
         return size
