@@ -38,11 +38,11 @@ from headwater.exceptions import PublishError
 
 TARGET_FILE_BYTES = 128 * 1024 * 1024
 """A file is closed once this many bytes are written (delta-rs's default is ~100 MiB)."""
-ROW_GROUP_BYTES = 64 * 1024 * 1024
+ROW_GROUP_BYTES = 32 * 1024 * 1024
 """Arrow bytes buffered per open file before they are encoded as one row group: the memory
 bound of a write (times the number of partitions written at once)."""
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
-IN_FLIGHT = 2
+IN_FLIGHT = 1
 UPLOAD_CHUNK = 8 * 1024 * 1024
 """Batches handed to the encoding thread and not yet written."""
 
