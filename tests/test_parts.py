@@ -85,10 +85,10 @@ def test_any_stream_round_trips(tmp_path_factory: pytest.TempPathFactory,
                                 batches: list[list[dict[str, Any]]], partitioned: bool,
                                 tiny: bool) -> None:
     """Whatever the batches, the partitioning (values with spaces, '/', '=', '%', é and
-    NULL) and the file size (tiny: a file per row group of a few rows), the committed
-    table holds exactly the rows written, in one Delta commit."""
+    NULL) and the file size (tiny: a file per row group of a few rows, two writers), the
+    committed table holds exactly the rows written, in one Delta commit."""
     uri = str(tmp_path_factory.mktemp("t") / "table")
-    sizes = {"target_file_bytes": 1, "row_group_bytes": 1} if tiny else {}
+    sizes = {"target_file_bytes": 1, "row_group_bytes": 1, "writers": 2} if tiny else {}
     version = _commit(uri, _reader(batches), partition_by=("p",) if partitioned else (),
                       **sizes)
     expected = sorted(_reader(batches).read_all().to_pylist(), key=lambda r: r["id"])
