@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import pytest
 
 import headwater as hw
@@ -125,6 +126,95 @@ def test_files_fan_out_and_publish_in_one_commit(make_project: ProjectFactory,
         assert project.run("orders").ok
         expected = project.dataset("orders").to_arrow()
     assert expected.sort_by("id").equals(table.sort_by("id"))
+
+
+DIRECT = """
+name: orders
+steps:
+  - id: raw
+    source: {type: files, path: landing/*.csv, incremental: true}
+  - id: publish
+    publish: {input: raw, dataset: orders, split: {by: id}}
+"""
+
+
+def _data_files(uri: str) -> list[str]:
+    """Data file names under the table root (committed or not)."""
+    root = Path(uri.removeprefix("file://"))
+    return sorted(p.name for p in root.rglob("*.parquet"))
+
+
+def test_publish_fans_out_its_files_and_commits_them_once(make_project: ProjectFactory,
+                                                          dask_cluster: str) -> None:
+    """A publish straight over a fanned-out source: the workers write the Delta files
+    (split column included), the server commits them in one transaction keyed by the
+    run; an append with a new column evolves the schema; rows equal the local
+    executor's."""
+    root = make_project({"orders": DIRECT}, settings=_dask(dask_cluster))
+    first = _csv_files(root, files=6, rows=400)
+    with hw.Project(root) as project:
+        run = project.run("orders")
+        assert run.ok, run.error
+        logs = [entry["message"] for entry in project.runtime.store.logs(run.id)]
+        write(root / "landing" / "orders-90.csv", "id,amount,country,extra\n"
+              "90000,1.5,DE,x\n90001,2.5,FR,y\n")
+        write(root / "landing" / "orders-91.csv", "id,amount,country\n90002,3.5,DE\n")
+        second = project.run("orders")
+        assert second.ok, second.error
+        table = project.dataset("orders").to_arrow()
+        versions = project.runtime.store.versions("orders")
+        uri = project.runtime.store.dataset("orders")["uri"]
+        published = project.runtime.store.succeeded_outputs(second.id)["publish"]["info"]
+    assert "wrote the version's files in 6 tasks on the cluster" in logs
+    assert first + 3 == table.num_rows == len(set(table["id"].to_pylist()))
+    assert {"train", "validation", "test"} >= set(table["_split"].to_pylist())
+    assert ["x", "y"] == sorted(v for v in table["extra"].to_pylist() if v is not None)
+    assert 2 == len(versions) and 3 == published["rows_added"]
+    commits = [c for c in _commits(uri) if c["adds"]]
+    assert [6, 2] == [c["adds"] for c in commits]
+    assert all(name.startswith("hw-") for name in _data_files(uri))
+    assert any(run.id in json.dumps(t) for t in commits[0]["txn"])
+    local = make_project({"orders": DIRECT}, name="local")
+    _csv_files(local, files=6, rows=400)
+    with hw.Project(local) as project:
+        assert project.run("orders").ok
+        expected = project.dataset("orders").to_arrow()
+    fanned = table.filter(pc.less(table["id"], 90000)).drop_columns(["extra"])
+    assert expected.sort_by("id").equals(fanned.sort_by("id"))
+
+
+def test_a_fanned_out_overwrite_replaces_the_version(make_project: ProjectFactory,
+                                                     dask_cluster: str) -> None:
+    """Overwrite twice over six files partitioned by country: one commit each, the
+    second removes the first's rows; a frozen schema with a changed column writes
+    nothing."""
+    pipeline = DIRECT.replace("incremental: true", "incremental: false").replace(
+        "split: {by: id}", "mode: overwrite, partition_by: [country]")
+    root = make_project({"orders": pipeline}, settings=_dask(dask_cluster))
+    total = _csv_files(root, files=6, rows=300)
+    with hw.Project(root) as project:
+        assert project.run("orders").ok
+        again = project.run("orders")
+        assert again.ok, again.error
+        info = project.runtime.store.succeeded_outputs(again.id)["publish"]["info"]
+        table = project.dataset("orders").to_arrow()
+        uri = project.runtime.store.dataset("orders")["uri"]
+    assert (total, total) == (info["rows_added"], info["rows_removed"])
+    assert total == table.num_rows == len(set(table["id"].to_pylist()))
+    assert {"DE", "FR"} == set(table["country"].to_pylist())
+    assert all(name.startswith("hw-") for name in _data_files(uri))
+    assert {"country=DE", "country=FR"} == {
+        p.name for p in Path(uri.removeprefix("file://")).iterdir() if "=" in p.name}
+    frozen = pipeline.replace("mode: overwrite", "mode: overwrite, schema: freeze")
+    write(root / "pipelines" / "orders.yaml", frozen)
+    write(root / "landing" / "orders-00.csv", "id,amount,country\n1,x,DE\n")
+    before = _data_files(uri)
+    with hw.Project(root) as project:
+        failed = project.run("orders")
+        assert 2 == len([c for c in _commits(uri) if c["adds"]])
+    assert not failed.ok
+    assert "schema is frozen" in (failed.error or "")
+    assert before == _data_files(uri)
 
 
 @pytest.mark.services
