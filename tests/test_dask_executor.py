@@ -298,6 +298,74 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(
     assert not list(root.rglob("*.tmp"))
 
 
+def _kill_when_busy(client: Any, pids: dict[str, int], prefix: str,
+                    killed: list[int]) -> None:
+    """SIGKILL the first worker seen running a task whose key starts with ``prefix``."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        busy = [w for w, keys in client.processing().items()
+                if any(str(k).startswith(prefix) for k in keys)]
+        if busy:
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            killed.append(pids[busy[0]])
+            return
+        time.sleep(0.005)
+
+
+@pytest.mark.services
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["raw", "publish"])
+def test_a_worker_killed_mid_sql_read_or_mid_publish_keeps_the_version_exact(
+        make_project: ProjectFactory, dask_cluster: str, pg_database: str,
+        victim: str) -> None:
+    """A PostgreSQL table read in 8 partitions and published by 8 write tasks; a worker
+    process is SIGKILLed while it reads a partition (``raw``) or writes its share of the
+    version (``publish``). The run succeeds (or fails retryably and a rerun succeeds)
+    with exactly the table's rows, once each, in one version and one data commit."""
+    import psycopg
+    from distributed import Client
+
+    url = pg_database.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, name text, price numeric(12, 2))")
+        conn.execute("INSERT INTO items SELECT g, repeat('item ' || g, 4), round(g / 7.0, 2) "
+                     "FROM generate_series(1, 400000) g")
+    root = make_project({"load": """
+    name: load
+    steps:
+      - id: raw
+        source: {type: sql, connection: db, table: items,
+                 partitions: {column: id, count: 8}}
+      - id: publish
+        publish: {input: raw, dataset: items, mode: append}
+    """}, settings=_dask(dask_cluster) + f'connections:\n  db: {{type: postgres, url: "{url}"}}\n')
+    killed: list[int] = []
+    with Client(dask_cluster, timeout=10, set_as_default=False) as client:
+        pids = dict(client.run(os.getpid))
+        killer = threading.Thread(target=_kill_when_busy,
+                                  args=(client, pids, f"hw-part-{victim}-", killed))
+        killer.start()
+        with hw.Project(root) as project:
+            run = project.run("load")
+            killer.join()
+            if not run.ok:  # the lost worker's tasks failed too often: retryable
+                assert "may be retried" in (run.error or ""), run.error
+                run = project.rerun(run.id)
+            assert run.ok, run.error
+            ids = project.dataset("items").to_arrow(columns=["id"])["id"].to_pylist()
+            versions = project.runtime.store.versions("items")
+            uri = project.runtime.store.dataset("items")["uri"]
+            logs = [e["message"] for e in project.runtime.store.logs(run.id)]
+        client.wait_for_workers(2, timeout=60)  # the nanny restarts it for later tests
+    with psycopg.connect(url) as conn:
+        expected = conn.execute("SELECT count(*), count(DISTINCT id) FROM items").fetchone()
+    assert killed, f"no {victim} task was ever seen running"
+    assert "wrote the version's files in 8 tasks on the cluster" in logs
+    assert expected == (len(ids), len(set(ids))) == (400000, 400000)
+    assert 1 == len(versions)
+    assert 1 == len([c for c in _commits(uri) if c["adds"]])
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
