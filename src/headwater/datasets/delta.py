@@ -1,4 +1,5 @@
-"""The Delta Lake boundary: every call into ``deltalake`` goes through this module.
+"""The Delta Lake boundary: every call into ``deltalake`` goes through this module (and
+:mod:`headwater.datasets.parts`, its streamed writes: Parquet parts + one write transaction).
 
 Writes are idempotent: each commit carries an app transaction ``(app_id, 1)`` unique to the
 run and step that made it, so a retried or re-executed publish sees that it already
@@ -230,14 +231,18 @@ class CountingReader:
         return pa.RecordBatchReader.from_batches(self.source.schema, self._batches())
 
 
-def commit_properties(app: str, metadata: Mapping[str, Any]) -> Any:
+def commit_properties(app: str, metadata: Mapping[str, Any],
+                      operation_metrics: Mapping[str, int] | None = None) -> Any:
+    """The app transaction and ``headwater.*`` metadata of a commit; ``operation_metrics``
+    (``num_added_rows`` ...) for a commit delta-rs records none for (a write transaction
+    of files written by headwater), so crash repair reads the row counts it always did."""
     from deltalake import CommitProperties, Transaction
 
-    return CommitProperties(
-        app_transactions=[Transaction(app, 1)],
-        custom_metadata={META_PREFIX + k: json.dumps(v, default=str) for k, v in
-                         metadata.items()},
-    )
+    custom: dict[str, Any] = {META_PREFIX + k: json.dumps(v, default=str)
+                              for k, v in metadata.items()}
+    if operation_metrics:
+        custom["operationMetrics"] = dict(operation_metrics)
+    return CommitProperties(app_transactions=[Transaction(app, 1)], custom_metadata=custom)
 
 
 def write(uri: str, data: pa.RecordBatchReader, *, mode: str, app: str,

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from headwater.datasets import delta
+from headwater.datasets import delta, parts
+from headwater.datasets.stream_stats import StreamStats
 from headwater.exceptions import PublishError
 from headwater.sqltext import ident as quote
 from headwater.store import runlock
@@ -233,7 +234,8 @@ def _publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatch
                     facts: VersionFacts, *, partition_by: Sequence[str],
                     evolve: bool, storage_options: Mapping[str, str] | None,
                     stats_fn: Any) -> PublishResult:
-    # one handle of the log serves the repair, the exactly-once check and the write
+    # one handle of the log serves the repair, the exactly-once check, the commit and the
+    # statistics: it is moved forward in place, never loaded a second time
     table = delta.open_table(uri, storage_options=storage_options)
     reconcile(store, dataset, uri, storage_options, table=table)
     app = delta.app_id(facts.run_id, facts.step_id, dataset)
@@ -244,33 +246,36 @@ def _publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatch
         return PublishResult(dataset, None, 0, 0, skipped="no rows to publish")
     # only an overwrite removes rows; other modes need not read the table's row count
     previous_rows = total_rows(table) if table is not None and facts.mode == "overwrite" else 0
+    stream = StreamStats() if stats_fn is not None and _streamed(facts, table) else None
     try:
         dv, added, removed, metrics = _commit(uri, counting, table, facts, app,
                                               partition_by, evolve, storage_options,
-                                              previous_rows)
+                                              previous_rows, stream)
     except PublishError:
         if counting.error is not None:
             raise counting.error from None  # the source failed, not Delta
         raise
     return _recorded(store, dataset, uri, storage_options, table, facts, dv,
                      added=added, removed=removed, metrics=metrics, stats_fn=stats_fn,
-                     written=counting.bytes)
+                     written=counting.bytes, stream=stream)
 
 
 def _recorded(store: Store, dataset: str, uri: str,
               storage_options: Mapping[str, str] | None, table: Any, facts: VersionFacts,
               dv: int, *, added: int, removed: int, metrics: Mapping[str, Any],
-              stats_fn: Any, written: int) -> PublishResult:
-    """Record the commit ``dv`` (after every earlier one) with its statistics."""
+              stats_fn: Any, written: int, stream: StreamStats | None = None
+              ) -> PublishResult:
+    """Record the commit ``dv`` (after every earlier one) with its statistics (from
+    ``stream``, the written rows' statistics, when the caller watched them)."""
     store.ensure_dataset(dataset, uri, facts.pipeline, facts.key)  # only once it has a version
     # a concurrent writer may have committed before us and not recorded it yet: record
     # every earlier commit first, so version numbers stay dense and in commit order
     reconcile(store, dataset, uri, storage_options, before=dv)
-    if table is None or int(table.version()) != dv:  # the handle moved past our commit
+    if table is None or int(table.version()) != dv:  # created now, or moved past our commit
         table = delta.open_table(uri, dv, storage_options)
     stats = drift = None
     if stats_fn is not None:
-        stats, drift = stats_fn(table, dv)
+        stats, drift = stats_fn(table, dv, stream) if stream is not None else stats_fn(table, dv)
     notes = {"merge": dict(metrics)} if metrics else None
     record = _record(store, dataset, dv, facts.metadata(), table, rows_added=added,
                      rows_removed=removed, stats=stats, drift=drift, notes=notes)
@@ -331,10 +336,16 @@ def _publish_parts(store: Store, dataset: str, uri: str, write: Callable[[Plan],
                      stats_fn=stats_fn, written=sum(part.size for part in parts))
 
 
+def _streamed(facts: VersionFacts, table: Any) -> bool:
+    """Whether the version's statistics can come from the rows being written: all but a
+    merge into an existing table (its version mixes old rows, rewritten ones and new)."""
+    return facts.mode != "merge" or table is None
+
+
 def _commit(uri: str, counting: delta.CountingReader, table: Any, facts: VersionFacts,
             app: str, partition_by: Sequence[str], evolve: bool,
-            storage_options: Mapping[str, str] | None,
-            previous_rows: int) -> tuple[int, int, int, dict[str, Any]]:
+            storage_options: Mapping[str, str] | None, previous_rows: int,
+            stream: StreamStats | None = None) -> tuple[int, int, int, dict[str, Any]]:
     """One Delta commit; returns (delta version, rows added, rows removed, metrics)."""
     metrics: dict[str, Any] = {}
     if facts.mode == "merge" and table is not None:
@@ -345,11 +356,40 @@ def _commit(uri: str, counting: delta.CountingReader, table: Any, facts: Version
         removed = int(metrics.get("num_target_rows_deleted", 0))
     elif facts.mode in ("append", "overwrite", "merge"):
         mode = "append" if facts.mode == "merge" else facts.mode
-        dv = delta.write(uri, counting.reader(), mode=mode, app=app, metadata=facts.metadata(),
-                         partition_by=partition_by, evolve=evolve,
-                         storage_options=storage_options, table=table)
+        dv = _write(uri, counting, table, mode, app, facts.metadata(), partition_by, evolve,
+                    storage_options, stream)
         added = counting.rows
         removed = previous_rows if facts.mode == "overwrite" else 0
     else:  # pragma: no cover - the config model forbids it
         raise PublishError(f"unknown publish mode {facts.mode!r}")
     return dv, added, removed, metrics
+
+
+def _write(uri: str, counting: delta.CountingReader, table: Any, mode: str, app: str,
+           metadata: Mapping[str, Any], partition_by: Sequence[str], evolve: bool,
+           storage_options: Mapping[str, str] | None, stream: StreamStats | None) -> int:
+    """Stream the rows into Parquet parts, then make one Delta commit of them.
+
+    Parts written before a failure are orphans no commit lists; the source's own error
+    (a bad CSV row) is kept by ``counting`` and re-raised by the caller.
+    """
+    plan = parts.plan_write(table, counting.source.schema, mode=mode, evolve=evolve,
+                            partition_by=partition_by)
+    try:
+        written = parts.write_parts(counting.reader(), uri, partition_by=plan.partition_by,
+                                    storage_options=storage_options, schema=plan.schema,
+                                    on_batch=stream.add if stream is not None else None)
+    except PublishError:
+        raise
+    except Exception as exc:
+        if counting.error is not None:
+            raise PublishError(str(counting.error)) from exc
+        raise PublishError(f"writing {uri} failed: {_first_line(exc)}") from exc
+    return parts.commit_parts(uri, written, schema=plan.schema, mode=mode, app=app,
+                              metadata=metadata, partition_by=plan.partition_by,
+                              evolve=evolve, storage_options=storage_options, table=table)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

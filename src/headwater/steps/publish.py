@@ -118,11 +118,10 @@ def _compatible(existing: pa.DataType, incoming: pa.DataType) -> bool:
 def _stats_fn(ctx: StepContext, config: PublishConfig, previous: dict[str, Any] | None) -> Any:
     """Per-version column statistics and drift against the previous version."""
 
-    def compute(table: Any, _dv: int) -> tuple[Any, Any]:
+    def compute(table: Any, _dv: int, stream: Any = None) -> tuple[Any, Any]:
         from headwater.datasets.drift import compute_drift, exceeds
-        from headwater.datasets.version_stats import version_stats
 
-        stats = version_stats(ctx.cursor(), table, reference=previous)
+        stats = _version_doc(ctx, config, table, stream, previous)
         if not stats.get("columns"):
             return stats, None
         drift = compute_drift(previous, stats) if previous else None
@@ -137,6 +136,30 @@ def _stats_fn(ctx: StepContext, config: PublishConfig, previous: dict[str, Any] 
         return stats, drift
 
     return compute
+
+
+def _version_doc(ctx: StepContext, config: PublishConfig, table: Any, stream: Any,
+                 previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The version's statistics: from the written rows when they are the whole version
+    (an overwrite, a first version), combined with the previous version's document for a
+    large append, and read from the version's files otherwise (a merge, a small append,
+    or a previous version without statistics)."""
+    from headwater.datasets import version_stats as files
+    from headwater.datasets.publish import total_rows
+    from headwater.datasets.stream_stats import combine_append
+
+    if stream is not None and stream.rows == 0 and config.mode == "overwrite":
+        return {"rows": 0, "columns": {}}
+    if stream is None or stream.rows == 0:
+        return files.version_stats(ctx.cursor(), table, reference=previous)
+    rows = total_rows(table)
+    if rows == stream.rows:  # the version is exactly the rows just written
+        doc: dict[str, Any] = stream.document(ctx.cursor(), previous)
+        return doc
+    old_rows = int((previous or {}).get("rows") or -1)
+    if previous is None or old_rows + stream.rows != rows or rows <= files.SAMPLE_ROWS:
+        return files.version_stats(ctx.cursor(), table, reference=previous)
+    return combine_append(previous, stream.document(ctx.cursor(), previous))
 
 
 def _stats_needed(ctx: StepContext, config: PublishConfig,
