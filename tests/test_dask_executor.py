@@ -290,7 +290,7 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(
             table = project.dataset("orders").to_arrow()
             versions = project.runtime.store.versions("orders")
             uri = project.runtime.store.dataset("orders")["uri"]
-        client.wait_for_workers(2, timeout=60)  # the nanny restarts it for later tests
+        client.wait_for_workers(2, timeout=180)  # the nanny restarts it for later tests
     assert killed, "no partition was ever seen running"
     assert total == table.num_rows == len(set(table["id"].to_pylist()))
     assert 1 == len(versions)
@@ -356,7 +356,7 @@ def test_a_worker_killed_mid_sql_read_or_mid_publish_keeps_the_version_exact(
             versions = project.runtime.store.versions("items")
             uri = project.runtime.store.dataset("items")["uri"]
             logs = [e["message"] for e in project.runtime.store.logs(run.id)]
-        client.wait_for_workers(2, timeout=60)  # the nanny restarts it for later tests
+        client.wait_for_workers(2, timeout=180)  # the nanny restarts it for later tests
     with psycopg.connect(url) as conn:
         expected = conn.execute("SELECT count(*), count(DISTINCT id) FROM items").fetchone()
     assert killed, f"no {victim} task was ever seen running"
