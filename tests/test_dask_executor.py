@@ -199,6 +199,16 @@ def test_a_fanned_out_overwrite_replaces_the_version(make_project: ProjectFactor
         info = project.runtime.store.succeeded_outputs(again.id)["publish"]["info"]
         table = project.dataset("orders").to_arrow()
         uri = project.runtime.store.dataset("orders")["uri"]
+        stats = project.runtime.store.version("orders")["stats"]
+    local = make_project({"orders": pipeline}, name="local")
+    _csv_files(local, files=6, rows=300)
+    with hw.Project(local) as project:
+        assert project.run("orders").ok and project.run("orders").ok
+        expected = project.runtime.store.version("orders")["stats"]
+    facts = ("kind", "nulls", "count", "min", "max", "distinct")
+    assert total == stats["rows"] == expected["rows"]
+    assert {c: {k: v.get(k) for k in facts} for c, v in expected["columns"].items()} == \
+        {c: {k: v.get(k) for k in facts} for c, v in stats["columns"].items()}
     assert (total, total) == (info["rows_added"], info["rows_removed"])
     assert total == table.num_rows == len(set(table["id"].to_pylist()))
     assert {"DE", "FR"} == set(table["country"].to_pylist())

@@ -283,11 +283,13 @@ def _recorded(store: Store, dataset: str, uri: str,
                          bytes=written, record=record)
 
 
-def publish_parts(store: Store, dataset: str, uri: str, write: Callable[[Plan], list[Part]],
+def publish_parts(store: Store, dataset: str, uri: str,
+                  write: Callable[[Plan], tuple[list[Part], StreamStats | None]],
                   facts: VersionFacts, *, schema: pa.Schema, partition_by: Sequence[str] = (),
                   evolve: bool = True, storage_options: Mapping[str, str] | None = None,
                   stats_fn: Any = None) -> PublishResult:
-    """Commit the Parquet files ``write(plan)`` puts under the table root as one version.
+    """Commit the Parquet files ``write(plan)`` puts under the table root as one version
+    (``write`` returns their descriptions and, optionally, the written rows' statistics).
 
     The same turn, repair, exactly-once check and record as :func:`publish_reader`, but
     the rows are encoded elsewhere (``write`` fans the work out to a cluster's workers,
@@ -309,7 +311,8 @@ def publish_parts(store: Store, dataset: str, uri: str, write: Callable[[Plan], 
         runlock.release(store, name, facts.run_id)
 
 
-def _publish_parts(store: Store, dataset: str, uri: str, write: Callable[[Plan], list[Part]],
+def _publish_parts(store: Store, dataset: str, uri: str,
+                   write: Callable[[Plan], tuple[list[Part], StreamStats | None]],
                    facts: VersionFacts, *, schema: pa.Schema, partition_by: Sequence[str],
                    evolve: bool, storage_options: Mapping[str, str] | None,
                    stats_fn: Any) -> PublishResult:
@@ -323,7 +326,8 @@ def _publish_parts(store: Store, dataset: str, uri: str, write: Callable[[Plan],
     if delta.already_committed(table, app):
         return PublishResult(dataset, None, 0, 0, skipped="already committed by this run")
     plan = plan_write(table, schema, mode=facts.mode, evolve=evolve, partition_by=partition_by)
-    parts = [part for part in write(plan) if part.rows]
+    written, stream = write(plan)
+    parts = [part for part in written if part.rows]
     added = sum(part.rows for part in parts)
     if not added and facts.mode != "overwrite":
         return PublishResult(dataset, None, 0, 0, skipped="no rows to publish")
@@ -333,7 +337,8 @@ def _publish_parts(store: Store, dataset: str, uri: str, write: Callable[[Plan],
                       evolve=evolve, storage_options=storage_options, table=table)
     return _recorded(store, dataset, uri, storage_options, table, facts, dv, added=added,
                      removed=previous_rows if facts.mode == "overwrite" else 0, metrics={},
-                     stats_fn=stats_fn, written=sum(part.size for part in parts))
+                     stats_fn=stats_fn, written=sum(part.size for part in parts),
+                     stream=stream if stats_fn is not None else None)
 
 
 def _streamed(facts: VersionFacts, table: Any) -> bool:

@@ -223,7 +223,8 @@ def _publish(ctx: StepContext, config: PublishConfig, con: Any, relation: str, u
         key=list(config.key), rejected=pending)
     stats_fn = _stats_needed(ctx, config, _previous_stats(ctx, config.dataset))
     if groups is not None:
-        result = publish_fan.publish(ctx, config, query, groups, uri, facts, stats_fn)
+        result = publish_fan.publish(ctx, config, query, groups, uri, facts, stats_fn,
+                                     int(ctx.inputs[config.input].rows or 0))
     else:
         reader = con.sql(query).to_arrow_reader(BATCH_ROWS)
         result = publish_reader(

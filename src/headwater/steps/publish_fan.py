@@ -38,6 +38,7 @@ from headwater.steps.base import StepContext, StepOutput
 if TYPE_CHECKING:
     from headwater.datasets.parts import Part, Plan
     from headwater.datasets.publish import PublishResult, VersionFacts
+    from headwater.datasets.stream_stats import StreamStats
 
 INPUT_VIEW = "__hw_publish_input"
 """The name the final query reads its input by: on the server a view over every input
@@ -105,16 +106,43 @@ class WriteTask:
     uri: str
     partition_by: tuple[str, ...]
     prefix: str
+    sample_rows: int | None = None
+    """Rows of this share's statistics sample (None: the version gets no statistics)."""
+    sample_dir: str = ""
+    """Where the sample goes (the run folder): rows never travel through the scheduler."""
 
 
-def write_share(task: WriteTask, share: tuple[int, Sequence[str]]) -> list[Part]:
+@dataclass(frozen=True)
+class ShareStats:
+    """A share's exact facts and the file of its systematic sample (every ``stride``-th
+    row), watched as its rows were written (``datasets.stream_stats.StreamStats``)."""
+
+    rows: int
+    stride: int
+    nulls: dict[str, int]
+    mins: dict[str, Any]
+    maxs: dict[str, Any]
+    sample: str
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one write task returns: file descriptions and statistics, never rows."""
+
+    parts: list[Part]
+    stats: ShareStats | None
+
+
+def write_share(task: WriteTask, share: tuple[int, Sequence[str]]) -> Written:
     """On a worker: the final query over one share of the input, as Delta data files in
-    the table root; their descriptions (never rows) go back to the server."""
+    the table root, its statistics watched on the way; descriptions go back."""
     import duckdb
 
     from headwater.datasets.parts import write_parts
+    from headwater.datasets.stream_stats import StreamStats
 
     index, files = share
+    stream = StreamStats(task.sample_rows) if task.sample_rows else None
     threads = os.environ.get("HEADWATER_DUCKDB_THREADS", "").strip()  # engine.duckdb_pool
     con = duckdb.connect(config={"threads": int(threads)} if threads.isdigit() and
                          int(threads) > 0 else {})
@@ -123,10 +151,55 @@ def write_share(task: WriteTask, share: tuple[int, Sequence[str]]) -> list[Part]
         con.execute(f"CREATE TEMP VIEW {quote(INPUT_VIEW)} AS "
                     f"{_share_relation(con, files, task.columns)}")
         reader = con.sql(task.query).to_arrow_reader(BATCH_ROWS)
-        return write_parts(reader, task.uri, partition_by=task.partition_by,
-                           schema=task.schema, prefix=f"{task.prefix}-{index:03d}-")
+        parts = write_parts(reader, task.uri, partition_by=task.partition_by,
+                            schema=task.schema, prefix=f"{task.prefix}-{index:03d}-",
+                            on_batch=stream.add if stream is not None else None)
     finally:
         con.close()
+    return Written(parts, _share_stats(stream, task, index) if stream is not None else None)
+
+
+def _share_stats(stream: StreamStats, task: WriteTask, index: int) -> ShareStats:
+    """The share's facts, its sample written to the run folder (a fresh name per
+    attempt, so a retried task never mixes with a dead one's file)."""
+    import pyarrow.parquet as pq
+
+    path = os.path.join(task.sample_dir,
+                        f"{task.prefix}-{index:03d}-{uuid.uuid4().hex[:8]}.sample.parquet")
+    pq.write_table(stream.sample(), path)
+    return ShareStats(rows=stream.rows, stride=stream.stride, nulls=dict(stream.nulls),
+                      mins=dict(stream.mins), maxs=dict(stream.maxs), sample=path)
+
+
+def combined_stats(shares: Sequence[ShareStats], schema: pa.Schema,
+                   sample_rows: int) -> StreamStats:
+    """One ``StreamStats`` of the whole version from its shares: facts added up, samples
+    thinned to the coarsest share's stride (each share then contributes in proportion
+    to its rows) and to ``sample_rows``. Exact when every share kept every row."""
+    import pyarrow.parquet as pq
+
+    from headwater.datasets.stream_stats import StreamStats
+
+    stream = StreamStats(sample_rows)
+    stream.schema = schema
+    stream.stride = max((s.stride for s in shares if s.rows), default=1)
+    for share in shares:
+        if not share.rows:  # nothing watched: no facts, and its sample has no columns
+            continue
+        stream.rows += share.rows
+        for name, nulls in share.nulls.items():
+            stream.nulls[name] = stream.nulls.get(name, 0) + nulls
+        for name in set(share.mins) | set(share.maxs):
+            stream._extend(name, share.mins.get(name), share.maxs.get(name))
+        table = pq.read_table(share.sample, schema=schema)
+        step = stream.stride // share.stride
+        if step > 1:
+            table = table.take(pa.array(range(0, table.num_rows, step), pa.int64()))
+        stream.kept.extend((0, batch) for batch in table.to_batches())
+        stream.kept_rows += table.num_rows
+    while stream.kept_rows > stream.sample_rows:
+        stream._thin()
+    return stream
 
 
 def _share_relation(con: Any, files: Sequence[str],
@@ -147,10 +220,17 @@ def _share_relation(con: Any, files: Sequence[str],
 
 def publish(ctx: StepContext, config: PublishConfig, query: str,
             groups: list[tuple[int, list[str]]], uri: str, facts: VersionFacts,
-            stats_fn: Any) -> PublishResult:
+            stats_fn: Any, rows: int) -> PublishResult:
     """Fan the write tasks out under the dataset's turn (their files' schema and
-    partitioning planned there, from the table as it is), then commit once."""
+    partitioning planned there, from the table as it is), then commit once.
+
+    With statistics wanted, each task watches its rows as they are written and keeps a
+    sample of ``SAMPLE_ROWS`` / tasks rows (all of them for a small version, ``rows``
+    being the input's count), so the server computes the version's statistics from that
+    sample and the shares' exact facts instead of reading the files again.
+    """
     from headwater.datasets.publish import publish_parts
+    from headwater.datasets.version_stats import SAMPLE_ROWS
 
     assert ctx.fan_out is not None
     con = ctx.cursor()
@@ -158,15 +238,21 @@ def publish(ctx: StepContext, config: PublishConfig, query: str,
     columns = tuple(zip(rel.columns, (str(t) for t in rel.types), strict=True))
     rows_schema = con.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
     prefix = f"hw-{ctx.run_seq}-{uuid.uuid4().hex[:8]}"
+    sample_rows = None if stats_fn is None else (
+        SAMPLE_ROWS if rows <= SAMPLE_ROWS else max(SAMPLE_ROWS // len(groups), 1))
     fan_out = ctx.fan_out
 
-    def write(plan: Plan) -> list[Part]:
+    def write(plan: Plan) -> tuple[list[Part], StreamStats | None]:
         task = WriteTask(query=query, columns=columns, schema=plan.schema, uri=uri,
-                         partition_by=plan.partition_by, prefix=prefix)
-        written: list[list[Part]] = fan_out(functools.partial(write_share, task), groups)
+                         partition_by=plan.partition_by, prefix=prefix,
+                         sample_rows=sample_rows, sample_dir=str(ctx.workdir))
+        written: list[Written] = fan_out(functools.partial(write_share, task), groups)
         ctx.log(f"wrote the version's files in {len(groups)} tasks on the cluster",
                 tasks=len(groups))
-        return [part for parts in written for part in parts]
+        shares = [w.stats for w in written if w.stats is not None]
+        stream = combined_stats(shares, plan.schema, SAMPLE_ROWS) \
+            if sample_rows is not None and len(shares) == len(written) else None
+        return [part for w in written for part in w.parts], stream
 
     return publish_parts(ctx.project.store, config.dataset, uri, write, facts,
                          schema=rows_schema, partition_by=config.partition_by,
