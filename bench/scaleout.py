@@ -21,7 +21,10 @@ It also measures what the cost model in docs/deploy.md needs:
   (amortised, 2 workers) and 50 one-task fan-outs one after another (round trip);
 - per remote step: a chain of 20 ``sql: SELECT 1`` steps on Dask vs one step;
 - store writes per run: INSERT/UPDATE/DELETE statements the store executes for one run;
-- the publish step's share of a run (it runs on the server, serially).
+- the publish step's share of a run (its write tasks fan out; the commit and the version's
+  statistics stay on the server);
+- CPU seconds per run of the server process and of the workers, which the load of a
+  shared machine does not distort as it distorts wall time.
 
 Targets (issue 13): speed-up ≥ 1.6x from 1 to 2 workers; ≤ 20 ms dispatch per task. The
 machine has 2 cores shared with other work: compare only numbers taken back to back.
@@ -156,8 +159,13 @@ def timed_runs(projects: dict[int, Any], pipeline: str, repeat: int,
     The sizes take turns run by run (1, 2, 1, 2, ...) after one warm-up each, so a load
     that drifts (the machine is shared) hits both alike.
     """
+    import psutil
+
     walls: dict[int, list[float]] = {w: [] for w in projects}
     cores: dict[int, list[float]] = {w: [] for w in projects}
+    cpu_server: dict[int, list[float]] = {w: [] for w in projects}
+    cpu_workers: dict[int, list[float]] = {w: [] for w in projects}
+    here = psutil.Process()
     steps: dict[int, dict[str, list[float]]] = {w: {} for w in projects}
     for project in projects.values():
         warm = project.run(pipeline)
@@ -165,11 +173,14 @@ def timed_runs(projects: dict[int, Any], pipeline: str, repeat: int,
     for _ in range(repeat):
         for workers, project in projects.items():
             cpu = cpu_seconds(pids[workers]) if pids else 0.0
+            mine = sum(here.cpu_times()[:2])
             started = time.perf_counter()
             run = project.run(pipeline)
             walls[workers].append(time.perf_counter() - started)
+            cpu_server[workers].append(sum(here.cpu_times()[:2]) - mine)
             if pids:
-                cores[workers].append((cpu_seconds(pids[workers]) - cpu) / walls[workers][-1])
+                cpu_workers[workers].append(cpu_seconds(pids[workers]) - cpu)
+                cores[workers].append(cpu_workers[workers][-1] / walls[workers][-1])
             assert run.ok, run.error
             for step in project.runtime.store.steps(run.id):
                 steps[workers].setdefault(step["step_id"], []).append(
@@ -177,7 +188,10 @@ def timed_runs(projects: dict[int, Any], pipeline: str, repeat: int,
     out: dict[int, dict[str, float]] = {}
     for workers in projects:
         out[workers] = {"wall": statistics.median(walls[workers]),
-                        "cores": statistics.median(cores[workers]) if pids else 0.0}
+                        "cores": statistics.median(cores[workers]) if pids else 0.0,
+                        "cpu_server": statistics.median(cpu_server[workers]),
+                        "cpu_workers": statistics.median(cpu_workers[workers]) if pids
+                        else 0.0}
         out[workers].update({sid: statistics.median(v) for sid, v in steps[workers].items()})
     return out
 
@@ -304,6 +318,14 @@ def report(args: Any, results: dict[int, dict[str, dict[str, float]]],
               f"  target ≥1.6x end to end: {verdict}")
     print("(worker cores: CPU seconds the workers got per wall second of a run; below 1 per "
           "worker means the shared machine's other load took the rest)")
+    for name in results[1]:
+        one, two = results[1][name], results[2][name]
+        bound = (one["cpu_server"] + one["cpu_workers"]) / (
+            two["cpu_server"] + two["cpu_workers"] / 2)
+        print(f"{name}: CPU s per run, server process (runner, publish commit, scheduler) "
+              f"{one['cpu_server']:.2f} / {two['cpu_server']:.2f}, workers "
+              f"{one['cpu_workers']:.2f} / {two['cpu_workers']:.2f} (1 / 2 workers); "
+              f"on 2 idle cores, if the server's CPU were all serial: ≈ {bound:.2f}x")
     amortised = extra["dispatch_ms_amortised"]
     trip = extra["dispatch_ms_round_trip"]
     print(f"dispatch per task: {amortised:.2f} ms amortised (400 tasks), {trip:.2f} ms "

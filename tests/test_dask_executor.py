@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import pytest
 
 import headwater as hw
@@ -127,6 +128,105 @@ def test_files_fan_out_and_publish_in_one_commit(make_project: ProjectFactory,
     assert expected.sort_by("id").equals(table.sort_by("id"))
 
 
+DIRECT = """
+name: orders
+steps:
+  - id: raw
+    source: {type: files, path: landing/*.csv, incremental: true}
+  - id: publish
+    publish: {input: raw, dataset: orders, split: {by: id}}
+"""
+
+
+def _data_files(uri: str) -> list[str]:
+    """Data file names under the table root (committed or not)."""
+    root = Path(uri.removeprefix("file://"))
+    return sorted(p.name for p in root.rglob("*.parquet"))
+
+
+def test_publish_fans_out_its_files_and_commits_them_once(make_project: ProjectFactory,
+                                                          dask_cluster: str) -> None:
+    """A publish straight over a fanned-out source: the workers write the Delta files
+    (split column included), the server commits them in one transaction keyed by the
+    run; an append with a new column evolves the schema; rows equal the local
+    executor's."""
+    root = make_project({"orders": DIRECT}, settings=_dask(dask_cluster))
+    first = _csv_files(root, files=6, rows=400)
+    with hw.Project(root) as project:
+        run = project.run("orders")
+        assert run.ok, run.error
+        logs = [entry["message"] for entry in project.runtime.store.logs(run.id)]
+        write(root / "landing" / "orders-90.csv", "id,amount,country,extra\n"
+              "90000,1.5,DE,x\n90001,2.5,FR,y\n")
+        write(root / "landing" / "orders-91.csv", "id,amount,country\n90002,3.5,DE\n")
+        second = project.run("orders")
+        assert second.ok, second.error
+        table = project.dataset("orders").to_arrow()
+        versions = project.runtime.store.versions("orders")
+        uri = project.runtime.store.dataset("orders")["uri"]
+        published = project.runtime.store.succeeded_outputs(second.id)["publish"]["info"]
+    assert "wrote the version's files in 6 tasks on the cluster" in logs
+    assert first + 3 == table.num_rows == len(set(table["id"].to_pylist()))
+    assert {"train", "validation", "test"} >= set(table["_split"].to_pylist())
+    assert ["x", "y"] == sorted(v for v in table["extra"].to_pylist() if v is not None)
+    assert 2 == len(versions) and 3 == published["rows_added"]
+    commits = [c for c in _commits(uri) if c["adds"]]
+    assert [6, 2] == [c["adds"] for c in commits]
+    assert all(name.startswith("hw-") for name in _data_files(uri))
+    assert any(run.id in json.dumps(t) for t in commits[0]["txn"])
+    local = make_project({"orders": DIRECT}, name="local")
+    _csv_files(local, files=6, rows=400)
+    with hw.Project(local) as project:
+        assert project.run("orders").ok
+        expected = project.dataset("orders").to_arrow()
+    fanned = table.filter(pc.less(table["id"], 90000)).drop_columns(["extra"])
+    assert expected.sort_by("id").equals(fanned.sort_by("id"))
+
+
+def test_a_fanned_out_overwrite_replaces_the_version(make_project: ProjectFactory,
+                                                     dask_cluster: str) -> None:
+    """Overwrite twice over six files partitioned by country: one commit each, the
+    second removes the first's rows; a frozen schema with a changed column writes
+    nothing."""
+    pipeline = DIRECT.replace("incremental: true", "incremental: false").replace(
+        "split: {by: id}", "mode: overwrite, partition_by: [country]")
+    root = make_project({"orders": pipeline}, settings=_dask(dask_cluster))
+    total = _csv_files(root, files=6, rows=300)
+    with hw.Project(root) as project:
+        assert project.run("orders").ok
+        again = project.run("orders")
+        assert again.ok, again.error
+        info = project.runtime.store.succeeded_outputs(again.id)["publish"]["info"]
+        table = project.dataset("orders").to_arrow()
+        uri = project.runtime.store.dataset("orders")["uri"]
+        stats = project.runtime.store.version("orders")["stats"]
+    local = make_project({"orders": pipeline}, name="local")
+    _csv_files(local, files=6, rows=300)
+    with hw.Project(local) as project:
+        assert project.run("orders").ok and project.run("orders").ok
+        expected = project.runtime.store.version("orders")["stats"]
+    facts = ("kind", "nulls", "count", "min", "max", "distinct")
+    assert total == stats["rows"] == expected["rows"]
+    assert {c: {k: v.get(k) for k in facts} for c, v in expected["columns"].items()} == \
+        {c: {k: v.get(k) for k in facts} for c, v in stats["columns"].items()}
+    assert (total, total) == (info["rows_added"], info["rows_removed"])
+    assert total == table.num_rows == len(set(table["id"].to_pylist()))
+    assert {"DE", "FR"} == set(table["country"].to_pylist())
+    assert all(name.startswith("hw-") for name in _data_files(uri))
+    assert {"country=DE", "country=FR"} == {
+        p.name for p in Path(uri.removeprefix("file://")).iterdir() if "=" in p.name}
+    frozen = pipeline.replace("mode: overwrite", "mode: overwrite, schema: freeze")
+    write(root / "pipelines" / "orders.yaml", frozen)
+    write(root / "landing" / "orders-00.csv", "id,amount,country\n1,x,DE\n")
+    before = _data_files(uri)
+    with hw.Project(root) as project:
+        failed = project.run("orders")
+        assert 2 == len([c for c in _commits(uri) if c["adds"]])
+    assert not failed.ok
+    assert "schema is frozen" in (failed.error or "")
+    assert before == _data_files(uri)
+
+
 @pytest.mark.services
 def test_sql_partitions_read_on_workers(make_project: ProjectFactory, dask_cluster: str,
                                         pg_database: str) -> None:
@@ -200,12 +300,80 @@ def test_a_killed_worker_loses_nothing_and_duplicates_nothing(
             table = project.dataset("orders").to_arrow()
             versions = project.runtime.store.versions("orders")
             uri = project.runtime.store.dataset("orders")["uri"]
-        client.wait_for_workers(2, timeout=60)  # the nanny restarts it for later tests
+        client.wait_for_workers(2, timeout=180)  # the nanny restarts it for later tests
     assert killed, "no partition was ever seen running"
     assert total == table.num_rows == len(set(table["id"].to_pylist()))
     assert 1 == len(versions)
     assert 1 == len([c for c in _commits(uri) if c["adds"]])
     assert not list(root.rglob("*.tmp"))
+
+
+def _kill_when_busy(client: Any, pids: dict[str, int], prefix: str,
+                    killed: list[int]) -> None:
+    """SIGKILL the first worker seen running a task whose key starts with ``prefix``."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        busy = [w for w, keys in client.processing().items()
+                if any(str(k).startswith(prefix) for k in keys)]
+        if busy:
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            killed.append(pids[busy[0]])
+            return
+        time.sleep(0.005)
+
+
+@pytest.mark.services
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["raw", "publish"])
+def test_a_worker_killed_mid_sql_read_or_mid_publish_keeps_the_version_exact(
+        make_project: ProjectFactory, dask_cluster: str, pg_database: str,
+        victim: str) -> None:
+    """A PostgreSQL table read in 8 partitions and published by 8 write tasks; a worker
+    process is SIGKILLed while it reads a partition (``raw``) or writes its share of the
+    version (``publish``). The run succeeds (or fails retryably and a rerun succeeds)
+    with exactly the table's rows, once each, in one version and one data commit."""
+    import psycopg
+    from distributed import Client
+
+    url = pg_database.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, name text, price numeric(12, 2))")
+        conn.execute("INSERT INTO items SELECT g, repeat('item ' || g, 4), round(g / 7.0, 2) "
+                     "FROM generate_series(1, 400000) g")
+    root = make_project({"load": """
+    name: load
+    steps:
+      - id: raw
+        source: {type: sql, connection: db, table: items,
+                 partitions: {column: id, count: 8}}
+      - id: publish
+        publish: {input: raw, dataset: items, mode: append}
+    """}, settings=_dask(dask_cluster) + f'connections:\n  db: {{type: postgres, url: "{url}"}}\n')
+    killed: list[int] = []
+    with Client(dask_cluster, timeout=10, set_as_default=False) as client:
+        pids = dict(client.run(os.getpid))
+        killer = threading.Thread(target=_kill_when_busy,
+                                  args=(client, pids, f"hw-part-{victim}-", killed))
+        killer.start()
+        with hw.Project(root) as project:
+            run = project.run("load")
+            killer.join()
+            if not run.ok:  # the lost worker's tasks failed too often: retryable
+                assert "may be retried" in (run.error or ""), run.error
+                run = project.rerun(run.id)
+            assert run.ok, run.error
+            ids = project.dataset("items").to_arrow(columns=["id"])["id"].to_pylist()
+            versions = project.runtime.store.versions("items")
+            uri = project.runtime.store.dataset("items")["uri"]
+            logs = [e["message"] for e in project.runtime.store.logs(run.id)]
+        client.wait_for_workers(2, timeout=180)  # the nanny restarts it for later tests
+    with psycopg.connect(url) as conn:
+        expected = conn.execute("SELECT count(*), count(DISTINCT id) FROM items").fetchone()
+    assert killed, f"no {victim} task was ever seen running"
+    assert "wrote the version's files in 8 tasks on the cluster" in logs
+    assert expected == (len(ids), len(set(ids))) == (400000, 400000)
+    assert 1 == len(versions)
+    assert 1 == len([c for c in _commits(uri) if c["adds"]])
 
 
 def _free_port() -> int:

@@ -10,9 +10,9 @@ so a retried, rerun or resumed publish neither loses nor duplicates a row.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -22,6 +22,9 @@ from headwater.exceptions import PublishError
 from headwater.sqltext import ident as quote
 from headwater.store import runlock
 from headwater.store.store import Store
+
+if TYPE_CHECKING:
+    from headwater.datasets.parts import Part, Plan
 
 LEASE_SECONDS = float(os.environ.get("HEADWATER_LEASE_SECONDS", "30"))
 """A publisher silent (no heartbeat) this long has lost its turn on the dataset."""
@@ -254,6 +257,18 @@ def _publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatch
         if counting.error is not None:
             raise counting.error from None  # the source failed, not Delta
         raise
+    return _recorded(store, dataset, uri, storage_options, table, facts, dv,
+                     added=added, removed=removed, metrics=metrics, stats_fn=stats_fn,
+                     written=counting.bytes, stream=stream)
+
+
+def _recorded(store: Store, dataset: str, uri: str,
+              storage_options: Mapping[str, str] | None, table: Any, facts: VersionFacts,
+              dv: int, *, added: int, removed: int, metrics: Mapping[str, Any],
+              stats_fn: Any, written: int, stream: StreamStats | None = None
+              ) -> PublishResult:
+    """Record the commit ``dv`` (after every earlier one) with its statistics (from
+    ``stream``, the written rows' statistics, when the caller watched them)."""
     store.ensure_dataset(dataset, uri, facts.pipeline, facts.key)  # only once it has a version
     # a concurrent writer may have committed before us and not recorded it yet: record
     # every earlier commit first, so version numbers stay dense and in commit order
@@ -263,11 +278,69 @@ def _publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatch
     stats = drift = None
     if stats_fn is not None:
         stats, drift = stats_fn(table, dv, stream) if stream is not None else stats_fn(table, dv)
-    notes = {"merge": metrics} if metrics else None
+    notes = {"merge": dict(metrics)} if metrics else None
     record = _record(store, dataset, dv, facts.metadata(), table, rows_added=added,
                      rows_removed=removed, stats=stats, drift=drift, notes=notes)
     return PublishResult(dataset, int(record["version"]), added, removed,
-                         bytes=counting.bytes, record=record)
+                         bytes=written, record=record)
+
+
+def publish_parts(store: Store, dataset: str, uri: str,
+                  write: Callable[[Plan], tuple[list[Part], StreamStats | None]],
+                  facts: VersionFacts, *, schema: pa.Schema, partition_by: Sequence[str] = (),
+                  evolve: bool = True, storage_options: Mapping[str, str] | None = None,
+                  stats_fn: Any = None) -> PublishResult:
+    """Commit the Parquet files ``write(plan)`` puts under the table root as one version
+    (``write`` returns their descriptions and, optionally, the written rows' statistics).
+
+    The same turn, repair, exactly-once check and record as :func:`publish_reader`, but
+    the rows are encoded elsewhere (``write`` fans the work out to a cluster's workers,
+    each writing its share of the input straight into the table root): this process
+    plans the files' schema and partitioning from the table as it is under the turn
+    (``datasets.parts.plan_write``: ``schema`` is the rows'), and commits the files'
+    descriptions in one transaction with the run's app id. ``write`` runs after the
+    exactly-once check, so a publish already committed writes nothing; files of a task
+    that died or was retried are orphans no commit lists. Append and overwrite only.
+    """
+    name = f"dataset:{dataset}"
+    runlock.acquire(store, name, facts.run_id, lease_seconds=LEASE_SECONDS,
+                    on_wait=lambda _holder: None, cancelled=lambda: False)
+    try:
+        return _publish_parts(store, dataset, uri, write, facts, schema=schema,
+                              partition_by=partition_by, evolve=evolve,
+                              storage_options=storage_options, stats_fn=stats_fn)
+    finally:
+        runlock.release(store, name, facts.run_id)
+
+
+def _publish_parts(store: Store, dataset: str, uri: str,
+                   write: Callable[[Plan], tuple[list[Part], StreamStats | None]],
+                   facts: VersionFacts, *, schema: pa.Schema, partition_by: Sequence[str],
+                   evolve: bool, storage_options: Mapping[str, str] | None,
+                   stats_fn: Any) -> PublishResult:
+    from headwater.datasets.parts import commit_parts, plan_write
+
+    if facts.mode not in ("append", "overwrite"):
+        raise PublishError(f"a fanned-out publish appends or overwrites, not {facts.mode!r}")
+    table = delta.open_table(uri, storage_options=storage_options)
+    reconcile(store, dataset, uri, storage_options, table=table)
+    app = delta.app_id(facts.run_id, facts.step_id, dataset)
+    if delta.already_committed(table, app):
+        return PublishResult(dataset, None, 0, 0, skipped="already committed by this run")
+    plan = plan_write(table, schema, mode=facts.mode, evolve=evolve, partition_by=partition_by)
+    written, stream = write(plan)
+    parts = [part for part in written if part.rows]
+    added = sum(part.rows for part in parts)
+    if not added and facts.mode != "overwrite":
+        return PublishResult(dataset, None, 0, 0, skipped="no rows to publish")
+    previous_rows = total_rows(table) if table is not None and facts.mode == "overwrite" else 0
+    dv = commit_parts(uri, parts, schema=plan.schema, mode=facts.mode, app=app,
+                      metadata=facts.metadata(), partition_by=plan.partition_by,
+                      evolve=evolve, storage_options=storage_options, table=table)
+    return _recorded(store, dataset, uri, storage_options, table, facts, dv, added=added,
+                     removed=previous_rows if facts.mode == "overwrite" else 0, metrics={},
+                     stats_fn=stats_fn, written=sum(part.size for part in parts),
+                     stream=stream if stats_fn is not None else None)
 
 
 def _streamed(facts: VersionFacts, table: Any) -> bool:

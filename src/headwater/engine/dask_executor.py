@@ -17,8 +17,10 @@ after-commit hooks. What is heavy runs on workers:
 
 Data therefore moves between steps only through the run folder (which workers must see
 at the same path), never through the scheduler: a task's result is a relation's text,
-file names and counts. The publish step stays on the server and commits every part in
-one Delta transaction with the run's app id, so a version is atomic and exactly-once.
+file names and counts. A publish over such files fans out too (``steps.publish_fan``):
+each task writes its share of the version into the table root and returns the files'
+descriptions; the server commits all of them in one Delta transaction with the run's
+app id, so a version is atomic and exactly-once.
 
 A worker that dies takes its tasks with it; the scheduler runs them again elsewhere
 (``distributed.scheduler.allowed-failures`` times, then ``KilledWorker``, which fails the

@@ -30,6 +30,7 @@ from headwater.datasets.publish import (
 from headwater.exceptions import HeadwaterError, PublishError, StepError
 from headwater.sqltext import ident as quote
 from headwater.sqltext import text as sql_string
+from headwater.steps import publish_fan
 from headwater.steps.align import Cast, aligned
 from headwater.steps.base import (
     REJECTED_COLUMNS,
@@ -195,8 +196,22 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
         result = PublishResult(config.dataset, None, 0, 0, skipped="no rows to publish")
         _log_result(ctx, result, [])
         return _finished(ctx, config, result, [])
+    groups = publish_fan.shares(ctx, config, source, uri)
+    relation = source.relation if groups is None else publish_fan.input_view(
+        con, source.relation)
     try:
-        query = _final_query(con, source.relation, config)
+        return _publish(ctx, config, con, relation, uri, groups)
+    finally:
+        if groups is not None:
+            publish_fan.drop_input_view(con)
+
+
+def _publish(ctx: StepContext, config: PublishConfig, con: Any, relation: str, uri: str,
+             groups: list[tuple[int, list[str]]] | None) -> StepOutput:
+    """Plan the final query, commit it as a version (here, or written by the cluster's
+    workers when ``groups`` shares the input out), then the quarantined rows."""
+    try:
+        query = _final_query(con, relation, config)
         changes = _check_schema(con, query, ctx, config, uri)
         casts: list[Cast] = []
         if config.mode != "overwrite":
@@ -213,11 +228,16 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
         code_version=ctx.code_version, trigger=ctx.trigger, mode=config.mode,
         inputs=list(lineage.inputs), sources=list(lineage.sources), state=dict(lineage.state),
         key=list(config.key), rejected=pending)
-    reader = con.sql(query).to_arrow_reader(BATCH_ROWS)
-    result = publish_reader(
-        ctx.project.store, config.dataset, uri, reader, facts,
-        partition_by=config.partition_by, evolve=config.schema_ == "evolve",
-        stats_fn=_stats_needed(ctx, config, _previous_stats(ctx, config.dataset)))
+    stats_fn = _stats_needed(ctx, config, _previous_stats(ctx, config.dataset))
+    if groups is not None:
+        result = publish_fan.publish(ctx, config, query, groups, uri, facts, stats_fn,
+                                     int(ctx.inputs[config.input].rows or 0))
+    else:
+        reader = con.sql(query).to_arrow_reader(BATCH_ROWS)
+        result = publish_reader(
+            ctx.project.store, config.dataset, uri, reader, facts,
+            partition_by=config.partition_by, evolve=config.schema_ == "evolve",
+            stats_fn=stats_fn)
     _log_result(ctx, result, changes)
     for cast in casts:
         ctx.log(cast.describe())
