@@ -165,6 +165,22 @@ def test_a_stream_failing_midway_changes_nothing(tmp_path: Path) -> None:
     assert [-1, 1, 2] == sorted(delta.read_arrow(delta.open_table(uri))["id"].to_pylist())
 
 
+def test_any_zone_name_of_utc_is_stored(tmp_path: Path) -> None:
+    """DuckDB labels TIMESTAMPTZ with its session's zone (``Etc/UTC`` on many machines):
+    delta-rs accepts only ``UTC``, and the instants are the same (found by the stream
+    sources' ``_received_at`` column)."""
+    uri = str(tmp_path / "table")
+    moment = dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC)
+    zoned = pa.struct([("at", pa.timestamp("us", tz="Etc/UTC"))])
+    data = pa.table({"at": pa.array([moment], pa.timestamp("us", tz="Etc/UTC")),
+                     "nested": pa.array([{"at": moment}], zoned)})
+    assert 0 == _commit(uri, data.to_reader())
+    back = delta.read_arrow(delta.open_table(uri))
+    assert pa.timestamp("us", tz="UTC") == back.schema.field("at").type
+    assert moment == back["at"][0].as_py()
+    assert moment == back["nested"][0].as_py()["at"]
+
+
 def test_schema_evolution_matches_write_deltalake(tmp_path: Path) -> None:
     """An append adds new columns at the end (old rows read NULL) and keeps the table's
     types; an overwrite replaces the schema; a different partitioning on append is refused

@@ -79,9 +79,32 @@ def delta_arrow_schema(schema: pa.Schema) -> pa.Schema:
     from deltalake import Schema as DeltaSchema
 
     try:
-        return pa.schema(DeltaSchema.from_arrow(schema).to_arrow())
+        return pa.schema(DeltaSchema.from_arrow(_utc_zoned(schema)).to_arrow())
     except Exception as exc:
         raise PublishError(f"Delta cannot store this schema: {exc} ({schema})") from exc
+
+
+def _utc_zoned(schema: pa.Schema) -> pa.Schema:
+    """Every zoned timestamp labelled ``UTC``: delta-rs accepts no other zone name, while
+    DuckDB labels TIMESTAMPTZ with the session's zone (``Etc/UTC`` on many machines).
+    Arrow stores zoned timestamps as UTC instants, so the relabel changes no value."""
+    return pa.schema([f.with_type(_utc_type(f.type)) for f in schema], schema.metadata)
+
+
+def _utc_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(t):
+        return pa.timestamp(t.unit, tz="UTC") if t.tz else t
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_utc_type(t.field(i).type))
+                          for i in range(t.num_fields)])
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(_utc_type(t.value_type)))
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_utc_type(t.value_type)))
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(_utc_type(t.key_type)),
+                       t.item_field.with_type(_utc_type(t.item_type)))
+    return t
 
 
 @dataclass
