@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -353,6 +354,83 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise PublishError(f"the rows do not fit the dataset's schema: {exc}") from exc
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+# ----------------------------------------------------------------- DuckDB-native writing
+
+STAGING_PREFIX = "_headwater-staging-"
+"""A COPY's files land in a fresh folder of this name under the table root first: no Delta
+reader lists a folder whose name starts with ``_``, and nothing but that COPY writes it."""
+
+
+def local_root(uri: str) -> str | None:
+    """The table root of ``uri`` as an absolute local path, or None for object storage."""
+    if "://" in uri and not uri.startswith("file://"):
+        return None
+    return os.path.realpath(uri.removeprefix("file://").rstrip("/") or "/")
+
+
+def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
+               target_file_bytes: int = TARGET_FILE_BYTES, prefix: str = "") -> list[Part]:
+    """Let DuckDB write ``query``'s rows as Parquet files of the local table ``uri``.
+
+    DuckDB's ``COPY ... TO`` encodes on all its threads straight from its own vectors,
+    skipping the Arrow export and pyarrow's re-encoding that :func:`write_parts` pays for.
+    The files are written to a fresh staging folder, renamed into the table root under the
+    names :func:`write_parts` gives (complete files only), and described for the Delta log
+    from their footers by :func:`file_stats_json`, as delta-rs would. ``schema`` is the
+    Delta form of the rows (:func:`plan_write`; the caller checks the rows have it).
+
+    A failing COPY leaves nothing: its staging folder is removed (no commit lists it). The
+    source's own error (a bad CSV row) propagates unchanged; a failed write (a full disk)
+    becomes a :class:`PublishError` naming the table.
+    """
+    root = local_root(uri)
+    if root is None:
+        raise PublishError(f"copy_parts writes local tables only, not {uri}")
+    run = uuid.uuid4().hex
+    staging = os.path.join(root, STAGING_PREFIX + run)
+    try:
+        os.makedirs(staging)
+        files = _copy(con, query, uri, staging, target_file_bytes)
+        return [_place(root, staging, row, schema, f"{prefix}part-{n:05d}-{run}-c000")
+                for n, row in enumerate(r for r in files if int(r[1]))]
+    except OSError as exc:
+        raise PublishError(f"writing {uri} failed: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy(con: Any, query: str, uri: str, staging: str,
+          target_file_bytes: int) -> list[tuple[Any, ...]]:
+    """Run the COPY; (file name, rows, ...) per file written (RETURN_STATS)."""
+    import duckdb
+
+    from headwater.sqltext import text
+
+    try:
+        rows: list[tuple[Any, ...]] = con.execute(
+            f"COPY ({query}) TO {text(staging)} (FORMAT parquet, COMPRESSION snappy, "
+            f"FILE_SIZE_BYTES {int(target_file_bytes)}, RETURN_STATS true)").fetchall()
+    except duckdb.Error as exc:
+        if staging not in str(exc):
+            raise  # the rows' own error (a bad source row): the caller reports it as is
+        message = str(exc).strip().splitlines()[0].replace(staging, "(staging folder)")
+        raise PublishError(f"writing {uri} failed: {message}") from None
+    return rows
+
+
+def _place(root: str, staging: str, row: tuple[Any, ...], schema: pa.Schema,
+           stem: str) -> Part:
+    """Move one staged file to its final name in the table root and describe it."""
+    written = row[0] if os.path.isabs(row[0]) else os.path.join(staging, row[0])
+    name = f"{stem}.snappy.parquet"
+    metadata = pq.read_metadata(written)
+    size = os.path.getsize(written)
+    os.replace(written, os.path.join(root, name))
+    return Part(path=name, size=size, rows=int(metadata.num_rows), partition_values={},
+                stats=file_stats_json(metadata, schema),
+                modification_time=int(time.time() * 1000))
 
 
 # ------------------------------------------------------------------------ Delta stats

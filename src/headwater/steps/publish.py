@@ -23,6 +23,7 @@ from headwater.config.models import PublishConfig, PublishStep
 from headwater.datasets import delta
 from headwater.datasets.publish import (
     PublishResult,
+    QuerySource,
     VersionFacts,
     normalised_select,
     publish_reader,
@@ -213,9 +214,9 @@ def run_publish(ctx: StepContext, step: PublishStep) -> StepOutput:
         code_version=ctx.code_version, trigger=ctx.trigger, mode=config.mode,
         inputs=list(lineage.inputs), sources=list(lineage.sources), state=dict(lineage.state),
         key=list(config.key), rejected=pending)
-    reader = con.sql(query).to_arrow_reader(BATCH_ROWS)
+    rows = QuerySource(con, query, BATCH_ROWS)
     result = publish_reader(
-        ctx.project.store, config.dataset, uri, reader, facts,
+        ctx.project.store, config.dataset, uri, rows, facts,
         partition_by=config.partition_by, evolve=config.schema_ == "evolve",
         stats_fn=_stats_needed(ctx, config, _previous_stats(ctx, config.dataset)))
     _log_result(ctx, result, changes)
