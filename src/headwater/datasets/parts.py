@@ -371,7 +371,8 @@ def local_root(uri: str) -> str | None:
 
 
 def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
-               target_file_bytes: int = TARGET_FILE_BYTES, prefix: str = "") -> list[Part]:
+               target_file_bytes: int = TARGET_FILE_BYTES, prefix: str = "",
+               row_group_rows: int | None = None) -> list[Part]:
     """Let DuckDB write ``query``'s rows as Parquet files of the local table ``uri``.
 
     DuckDB's ``COPY ... TO`` encodes on all its threads straight from its own vectors,
@@ -380,6 +381,8 @@ def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
     names :func:`write_parts` gives (complete files only), and described for the Delta log
     from their footers by :func:`file_stats_json`, as delta-rs would. ``schema`` is the
     Delta form of the rows (:func:`plan_write`; the caller checks the rows have it).
+    DuckDB checks a file's size after each row group (``row_group_rows``, default DuckDB's
+    122,880 rows), so files end a row group past ``target_file_bytes``.
 
     A failing COPY leaves nothing: its staging folder is removed (no commit lists it). The
     source's own error (a bad CSV row) propagates unchanged; a failed write (a full disk)
@@ -392,7 +395,10 @@ def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
     staging = os.path.join(root, STAGING_PREFIX + run)
     try:
         os.makedirs(staging)
-        files = _copy(con, query, uri, staging, target_file_bytes)
+        options = f"FILE_SIZE_BYTES {int(target_file_bytes)}"
+        if row_group_rows:
+            options += f", ROW_GROUP_SIZE {int(row_group_rows)}"
+        files = _copy(con, query, uri, staging, options)
         return [_place(root, staging, row, schema, f"{prefix}part-{n:05d}-{run}-c000")
                 for n, row in enumerate(r for r in files if int(r[1]))]
     except OSError as exc:
@@ -402,7 +408,7 @@ def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
 
 
 def _copy(con: Any, query: str, uri: str, staging: str,
-          target_file_bytes: int) -> list[tuple[Any, ...]]:
+          options: str) -> list[tuple[Any, ...]]:
     """Run the COPY; (file name, rows, ...) per file written (RETURN_STATS)."""
     import duckdb
 
@@ -411,7 +417,7 @@ def _copy(con: Any, query: str, uri: str, staging: str,
     try:
         rows: list[tuple[Any, ...]] = con.execute(
             f"COPY ({query}) TO {text(staging)} (FORMAT parquet, COMPRESSION snappy, "
-            f"FILE_SIZE_BYTES {int(target_file_bytes)}, RETURN_STATS true)").fetchall()
+            f"{options}, RETURN_STATS true)").fetchall()
     except duckdb.Error as exc:
         if staging not in str(exc):
             raise  # the rows' own error (a bad source row): the caller reports it as is
