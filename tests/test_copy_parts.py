@@ -181,3 +181,31 @@ def test_bad_csv_row_fails_as_before_and_stages_nothing(make_project: ProjectFac
         on_disk = sorted(str(p) for p in uri.rglob("*.parquet"))
         assert sorted(delta.data_files(table)) == on_disk
         assert [] == [p for p in uri.iterdir() if p.name.startswith(parts.STAGING_PREFIX)]
+
+
+def test_partitioned_copy_matches_the_arrow_path(tmp_path: Path) -> None:
+    """Hive folders and the log's partition values are the Arrow path's (spaces, '/', '=',
+    '%', é, NULL, dates, integers, booleans), and the rows read back through delta-rs."""
+    con = duckdb.connect()
+    query = """SELECT i AS id, CASE i % 5 WHEN 0 THEN 'a' WHEN 1 THEN 'b b' WHEN 2 THEN 'é/=%'
+                                  WHEN 3 THEN NULL ELSE 'NULL' END AS p,
+                      DATE '2024-01-01' + (i % 2)::INTEGER AS d, i % 3 AS n, i % 2 = 0 AS b,
+                      i * 1.5 AS x
+               FROM range(3000) r(i)"""
+    schema = con.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
+    by = ("p", "d", "n", "b")
+    plan = parts.plan_write(None, schema, mode="append", evolve=True, partition_by=by)
+    copied_uri, arrow_uri = str(tmp_path / "copied"), str(tmp_path / "arrow")
+    copied = parts.copy_parts(con, query, copied_uri, schema=plan.schema, partition_by=by)
+    _commit(copied_uri, copied, plan)
+    arrow = parts.write_parts(con.sql(query).to_arrow_reader(1000), arrow_uri,
+                              schema=plan.schema, partition_by=by)
+    _commit(arrow_uri, arrow, plan)
+    assert sorted((p.path.rsplit("/", 1)[0], json.dumps(p.partition_values, sort_keys=True))
+                  for p in copied) == sorted(
+        (p.path.rsplit("/", 1)[0], json.dumps(p.partition_values, sort_keys=True))
+        for p in arrow)
+    copied_table, arrow_table = delta.open_table(copied_uri), delta.open_table(arrow_uri)
+    assert by == tuple(delta.partition_columns(copied_table))
+    assert _by_id(delta.read_arrow(arrow_table)) == _by_id(delta.read_arrow(copied_table))
+    assert 3000 == delta.read_arrow(copied_table).num_rows

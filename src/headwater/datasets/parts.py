@@ -371,8 +371,8 @@ def local_root(uri: str) -> str | None:
 
 
 def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
-               target_file_bytes: int = TARGET_FILE_BYTES, prefix: str = "",
-               row_group_rows: int | None = None) -> list[Part]:
+               partition_by: Sequence[str] = (), target_file_bytes: int = TARGET_FILE_BYTES,
+               prefix: str = "", row_group_rows: int | None = None) -> list[Part]:
     """Let DuckDB write ``query``'s rows as Parquet files of the local table ``uri``.
 
     DuckDB's ``COPY ... TO`` encodes on all its threads straight from its own vectors,
@@ -381,8 +381,12 @@ def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
     names :func:`write_parts` gives (complete files only), and described for the Delta log
     from their footers by :func:`file_stats_json`, as delta-rs would. ``schema`` is the
     Delta form of the rows (:func:`plan_write`; the caller checks the rows have it).
-    DuckDB checks a file's size after each row group (``row_group_rows``, default DuckDB's
-    122,880 rows), so files end a row group past ``target_file_bytes``.
+    ``partition_by`` columns become hive folders (DuckDB's ``PARTITION_BY`` names them as
+    :func:`write_parts` does: values percent-encoded, NULL as ``NULL_PARTITION``; the
+    caller keeps to column types whose value text is the Delta log's, see
+    :func:`copy_partitionable`). DuckDB checks a file's size after each row group
+    (``row_group_rows``, default DuckDB's 122,880 rows), so files end a row group past
+    ``target_file_bytes``.
 
     A failing COPY leaves nothing: its staging folder is removed (no commit lists it). The
     source's own error (a bad CSV row) propagates unchanged; a failed write (a full disk)
@@ -391,15 +395,21 @@ def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
     root = local_root(uri)
     if root is None:
         raise PublishError(f"copy_parts writes local tables only, not {uri}")
+    from headwater.sqltext import ident
+
     run = uuid.uuid4().hex
     staging = os.path.join(root, STAGING_PREFIX + run)
+    file_schema = pa.schema([f for f in schema if f.name not in partition_by])
     try:
         os.makedirs(staging)
         options = f"FILE_SIZE_BYTES {int(target_file_bytes)}"
         if row_group_rows:
             options += f", ROW_GROUP_SIZE {int(row_group_rows)}"
+        if partition_by:
+            options += f", PARTITION_BY ({', '.join(ident(c) for c in partition_by)})"
         files = _copy(con, query, uri, staging, options)
-        return [_place(root, staging, row, schema, f"{prefix}part-{n:05d}-{run}-c000")
+        return [_place(root, staging, row, file_schema, partition_by,
+                       f"{prefix}part-{n:05d}-{run}-c000")
                 for n, row in enumerate(r for r in files if int(r[1]))]
     except OSError as exc:
         raise PublishError(f"writing {uri} failed: {exc}") from exc
@@ -427,16 +437,30 @@ def _copy(con: Any, query: str, uri: str, staging: str,
 
 
 def _place(root: str, staging: str, row: tuple[Any, ...], schema: pa.Schema,
-           stem: str) -> Part:
-    """Move one staged file to its final name in the table root and describe it."""
+           partition_by: Sequence[str], stem: str) -> Part:
+    """Move one staged file to its final name (in its partition's hive folder) under the
+    table root and describe it; ``row`` is the COPY's RETURN_STATS row of the file."""
     written = row[0] if os.path.isabs(row[0]) else os.path.join(staging, row[0])
+    keys = dict(row[5] or {})
+    values = {c: keys.get(c) for c in partition_by}
+    rel_dir = _folder(partition_by, values)
     name = f"{stem}.snappy.parquet"
+    rel = f"{rel_dir}/{name}" if rel_dir else name
     metadata = pq.read_metadata(written)
     size = os.path.getsize(written)
-    os.replace(written, os.path.join(root, name))
-    return Part(path=name, size=size, rows=int(metadata.num_rows), partition_values={},
+    os.makedirs(os.path.join(root, rel_dir), exist_ok=True)
+    os.replace(written, os.path.join(root, rel))
+    return Part(path=rel, size=size, rows=int(metadata.num_rows), partition_values=values,
                 stats=file_stats_json(metadata, schema),
                 modification_time=int(time.time() * 1000))
+
+
+def copy_partitionable(t: pa.DataType) -> bool:
+    """Whether DuckDB's text of a partition value of type ``t`` is the Delta log's
+    (:func:`partition_value`): strings, integers, booleans and dates; a timestamp's or a
+    float's text differs, so those tables keep the Arrow path."""
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t)
+                or pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_date32(t))
 
 
 # ------------------------------------------------------------------------ Delta stats

@@ -330,7 +330,8 @@ def _copy_plan(source: QuerySource, uri: str, facts: VersionFacts, table: Any,
     """The write plan if DuckDB can write the files itself, else None (the Arrow path).
 
     Only a local table (DuckDB's object-store extensions cannot be installed offline), not
-    a merge into an existing table, not a partitioned one, and only when the rows already
+    a merge into an existing table, partitioned only by columns whose value text DuckDB
+    writes as Delta does (:func:`parts.copy_partitionable`), and only when the rows already
     have the table's columns, in order, with its types: the Arrow path casts batches and
     fills missing columns, a COPY writes the rows as they are. A plan that fails is left
     to the Arrow path, which reports it as it always has.
@@ -346,9 +347,13 @@ def _copy_plan(source: QuerySource, uri: str, facts: VersionFacts, table: Any,
     except PublishError:
         return None
     delta_form = parts.delta_arrow_schema(data)
-    if plan.partition_by or [(f.name, f.type) for f in delta_form] != [
-            (f.name, f.type) for f in plan.schema]:
+    if [(f.name, f.type) for f in delta_form] != [(f.name, f.type) for f in plan.schema]:
         return None
+    if not all(parts.copy_partitionable(plan.schema.field(c).type)
+               for c in plan.partition_by if c in plan.schema.names):
+        return None
+    if any(c not in plan.schema.names for c in plan.partition_by):
+        return None  # the Arrow path names the missing column
     return plan
 
 
@@ -364,7 +369,8 @@ def _publish_copy(store: Store, dataset: str, uri: str, source: QuerySource,
     """
     mode = "append" if facts.mode == "merge" else facts.mode
     previous_rows = total_rows(table) if table is not None and facts.mode == "overwrite" else 0
-    written = parts.copy_parts(source.con, source.query, uri, schema=plan.schema)
+    written = parts.copy_parts(source.con, source.query, uri, schema=plan.schema,
+                               partition_by=plan.partition_by)
     added = sum(p.rows for p in written)
     if not added and facts.mode != "overwrite":
         return PublishResult(dataset, None, 0, 0, skipped="no rows to publish")

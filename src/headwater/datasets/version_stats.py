@@ -67,9 +67,12 @@ def version_stats(con: Any, table: Any, *, reference: Mapping[str, Any] | None =
 
 def _restricted(table: Any, files: list[str], actions: pa.Table, only: Collection[str]
                 ) -> tuple[list[str], pa.Table]:
-    """The files and add actions of ``only`` (unpartitioned files: named at the root)."""
+    """The files and add actions of ``only`` (paths as named on disk; the log's add
+    actions name them decoded)."""
+    from urllib.parse import unquote
+
     root = delta.table_root(table).rstrip("/")
-    wanted = set(only)
+    wanted = set(only) | {unquote(p) for p in only}
     kept = [f for f in files if f.removeprefix(root + "/") in wanted]
     mask = pc.is_in(actions["path"], pa.array(sorted(wanted), actions["path"].type))
     return kept, actions.filter(mask)
