@@ -209,3 +209,21 @@ def test_partitioned_copy_matches_the_arrow_path(tmp_path: Path) -> None:
     assert by == tuple(delta.partition_columns(copied_table))
     assert _by_id(delta.read_arrow(arrow_table)) == _by_id(delta.read_arrow(copied_table))
     assert 3000 == delta.read_arrow(copied_table).num_rows
+
+
+def test_a_killed_copys_staging_folder_is_swept(tmp_path: Path) -> None:
+    """A staging folder left by a publisher killed mid-COPY is removed by the next write
+    of the table; the committed files stay."""
+    uri = tmp_path / "t"
+    con = duckdb.connect()
+    query = "SELECT i AS id FROM range(10) r(i)"
+    schema = con.sql(query).to_arrow_table().schema
+    plan = parts.plan_write(None, schema, mode="append", evolve=True)
+    _commit(str(uri), parts.copy_parts(con, query, str(uri), schema=plan.schema), plan)
+    left = uri / f"{parts.STAGING_PREFIX}dead"
+    left.mkdir()
+    (left / "data_0.parquet").write_bytes(b"partial")
+    written = parts.copy_parts(con, query, str(uri), schema=plan.schema)
+    assert not left.exists()
+    assert all((uri / p.path).exists() for p in written)
+    assert all(Path(f).exists() for f in delta.data_files(delta.open_table(str(uri))))

@@ -388,7 +388,8 @@ def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
     (``row_group_rows``, default DuckDB's 122,880 rows), so files end a row group past
     ``target_file_bytes``.
 
-    A failing COPY leaves nothing: its staging folder is removed (no commit lists it). The
+    A failing COPY leaves nothing: its staging folder is removed (no commit lists it), and
+    so are staging folders a killed publisher left (:func:`_sweep_staging`). The
     source's own error (a bad CSV row) propagates unchanged; a failed write (a full disk)
     becomes a :class:`PublishError` naming the table.
     """
@@ -401,6 +402,7 @@ def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
     staging = os.path.join(root, STAGING_PREFIX + run)
     file_schema = pa.schema([f for f in schema if f.name not in partition_by])
     try:
+        _sweep_staging(root)
         os.makedirs(staging)
         options = f"FILE_SIZE_BYTES {int(target_file_bytes)}"
         if row_group_rows:
@@ -415,6 +417,19 @@ def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
         raise PublishError(f"writing {uri} failed: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sweep_staging(root: str) -> None:
+    """Remove staging folders of COPYs that never finished (a publisher killed mid-write).
+
+    Called under the dataset's turn, so no other publish of this table is writing one; a
+    publisher that lost its turn and still writes only loses files no commit can list
+    (a file is committed only after it left the staging folder).
+    """
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(root):
+            if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _copy(con: Any, query: str, uri: str, staging: str,
