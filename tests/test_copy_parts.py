@@ -103,11 +103,34 @@ def test_every_type_reads_back_as_the_arrow_path_writes_it(tmp_path: Path) -> No
             if p.name.startswith(parts.STAGING_PREFIX)] == []
 
 
+def _totals(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The table-wide min, max and null count per column (struct fields included)."""
+    out: dict[str, Any] = {}
+
+    def fold(kind: str, values: dict[str, Any], prefix: str) -> None:
+        for name, value in values.items():
+            if isinstance(value, dict):
+                fold(kind, value, f"{prefix}{name}.")
+                continue
+            key = (kind, prefix + name)
+            old = out.get(str(key))
+            out[str(key)] = (value if old is None else min(old, value) if kind == "min"
+                             else max(old, value) if kind == "max" else old + value)
+
+    for s in stats:
+        fold("min", s["minValues"], "")
+        fold("max", s["maxValues"], "")
+        fold("nulls", s["nullCount"], "")
+    return out
+
+
 def test_copy_stats_are_what_the_footers_say(tmp_path: Path) -> None:
     """The add actions' stats cover every file's rows: record counts add up, the id ranges
-    tile 0..19999, and each file's stats are ``file_stats_json`` of its own footer."""
-    copied_uri, _arrow_uri, copied = _both(tmp_path)
+    tile 0..19999, each file's stats are ``file_stats_json`` of its own footer, and the
+    table-wide min, max and null counts equal the Arrow path's for every column."""
+    copied_uri, arrow_uri, copied = _both(tmp_path)
     stats = _stats(copied_uri)
+    assert _totals(_stats(arrow_uri)) == _totals(stats)
     assert 20000 == sum(s["numRecords"] for s in stats)
     assert 0 == stats[0]["minValues"]["id"] and 19999 == stats[-1]["maxValues"]["id"]
     for before, after in itertools.pairwise(stats):
