@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -376,6 +377,128 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise PublishError(f"the rows do not fit the dataset's schema: {exc}") from exc
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+# ----------------------------------------------------------------- DuckDB-native writing
+
+STAGING_PREFIX = "_headwater-staging-"
+"""A COPY's files land in a fresh folder of this name under the table root first: no Delta
+reader lists a folder whose name starts with ``_``, and nothing but that COPY writes it."""
+
+
+def local_root(uri: str) -> str | None:
+    """The table root of ``uri`` as an absolute local path, or None for object storage."""
+    if "://" in uri and not uri.startswith("file://"):
+        return None
+    return os.path.realpath(uri.removeprefix("file://").rstrip("/") or "/")
+
+
+def copy_parts(con: Any, query: str, uri: str, *, schema: pa.Schema,
+               partition_by: Sequence[str] = (), target_file_bytes: int = TARGET_FILE_BYTES,
+               prefix: str = "", row_group_rows: int | None = None) -> list[Part]:
+    """Let DuckDB write ``query``'s rows as Parquet files of the local table ``uri``.
+
+    DuckDB's ``COPY ... TO`` encodes on all its threads straight from its own vectors,
+    skipping the Arrow export and pyarrow's re-encoding that :func:`write_parts` pays for.
+    The files are written to a fresh staging folder, renamed into the table root under the
+    names :func:`write_parts` gives (complete files only), and described for the Delta log
+    from their footers by :func:`file_stats_json`, as delta-rs would. ``schema`` is the
+    Delta form of the rows (:func:`plan_write`; the caller checks the rows have it).
+    ``partition_by`` columns become hive folders (DuckDB's ``PARTITION_BY`` names them as
+    :func:`write_parts` does: values percent-encoded, NULL as ``NULL_PARTITION``; the
+    caller keeps to column types whose value text is the Delta log's, see
+    :func:`copy_partitionable`). DuckDB checks a file's size after each row group
+    (``row_group_rows``, default DuckDB's 122,880 rows), so files end a row group past
+    ``target_file_bytes``.
+
+    A failing COPY leaves nothing: its staging folder is removed (no commit lists it), and
+    so are staging folders a killed publisher left (:func:`_sweep_staging`). The
+    source's own error (a bad CSV row) propagates unchanged; a failed write (a full disk)
+    becomes a :class:`PublishError` naming the table.
+    """
+    root = local_root(uri)
+    if root is None:
+        raise PublishError(f"copy_parts writes local tables only, not {uri}")
+    from headwater.sqltext import ident
+
+    run = uuid.uuid4().hex
+    staging = os.path.join(root, STAGING_PREFIX + run)
+    file_schema = pa.schema([f for f in schema if f.name not in partition_by])
+    try:
+        _sweep_staging(root)
+        os.makedirs(staging)
+        options = f"FILE_SIZE_BYTES {int(target_file_bytes)}"
+        if row_group_rows:
+            options += f", ROW_GROUP_SIZE {int(row_group_rows)}"
+        if partition_by:
+            options += f", PARTITION_BY ({', '.join(ident(c) for c in partition_by)})"
+        files = _copy(con, query, uri, staging, options)
+        return [_place(root, staging, row, file_schema, partition_by,
+                       f"{prefix}part-{n:05d}-{run}-c000")
+                for n, row in enumerate(r for r in files if int(r[1]))]
+    except OSError as exc:
+        raise PublishError(f"writing {uri} failed: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sweep_staging(root: str) -> None:
+    """Remove staging folders of COPYs that never finished (a publisher killed mid-write).
+
+    Called under the dataset's turn, so no other publish of this table is writing one; a
+    publisher that lost its turn and still writes only loses files no commit can list
+    (a file is committed only after it left the staging folder).
+    """
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(root):
+            if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _copy(con: Any, query: str, uri: str, staging: str,
+          options: str) -> list[tuple[Any, ...]]:
+    """Run the COPY; (file name, rows, ...) per file written (RETURN_STATS)."""
+    import duckdb
+
+    from headwater.sqltext import text
+
+    try:
+        rows: list[tuple[Any, ...]] = con.execute(
+            f"COPY ({query}) TO {text(staging)} (FORMAT parquet, COMPRESSION snappy, "
+            f"{options}, RETURN_STATS true)").fetchall()
+    except duckdb.Error as exc:
+        if staging not in str(exc):
+            raise  # the rows' own error (a bad source row): the caller reports it as is
+        message = str(exc).strip().splitlines()[0].replace(staging, "(staging folder)")
+        raise PublishError(f"writing {uri} failed: {message}") from None
+    return rows
+
+
+def _place(root: str, staging: str, row: tuple[Any, ...], schema: pa.Schema,
+           partition_by: Sequence[str], stem: str) -> Part:
+    """Move one staged file to its final name (in its partition's hive folder) under the
+    table root and describe it; ``row`` is the COPY's RETURN_STATS row of the file."""
+    written = row[0] if os.path.isabs(row[0]) else os.path.join(staging, row[0])
+    keys = dict(row[5] or {})
+    values = {c: keys.get(c) for c in partition_by}
+    rel_dir = _folder(partition_by, values)
+    name = f"{stem}.snappy.parquet"
+    rel = f"{rel_dir}/{name}" if rel_dir else name
+    metadata = pq.read_metadata(written)
+    size = os.path.getsize(written)
+    os.makedirs(os.path.join(root, rel_dir), exist_ok=True)
+    os.replace(written, os.path.join(root, rel))
+    return Part(path=rel, size=size, rows=int(metadata.num_rows), partition_values=values,
+                stats=file_stats_json(metadata, schema),
+                modification_time=int(time.time() * 1000))
+
+
+def copy_partitionable(t: pa.DataType) -> bool:
+    """Whether DuckDB's text of a partition value of type ``t`` is the Delta log's
+    (:func:`partition_value`): strings, integers, booleans and dates; a timestamp's or a
+    float's text differs, so those tables keep the Arrow path."""
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t)
+                or pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_date32(t))
 
 
 # ------------------------------------------------------------------------ Delta stats

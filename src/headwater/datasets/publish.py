@@ -210,7 +210,29 @@ class PublishResult:
     record: dict[str, Any] | None = None
 
 
-def publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchReader,
+@dataclass(frozen=True)
+class QuerySource:
+    """Rows to publish as a DuckDB query: written by DuckDB itself (``COPY``) to a local
+    table, or exported as Arrow batches (:meth:`reader`) where that cannot be done."""
+
+    con: Any
+    query: str
+    batch_rows: int
+
+    def reader(self) -> pa.RecordBatchReader:
+        reader: pa.RecordBatchReader = self.con.sql(self.query).to_arrow_reader(
+            self.batch_rows)
+        return reader
+
+    def schema(self) -> pa.Schema:
+        """The rows' Arrow schema (binds the query, reads no rows)."""
+        schema: pa.Schema = self.con.sql(
+            f"SELECT * FROM ({self.query}) LIMIT 0").to_arrow_table().schema
+        return schema
+
+
+def publish_reader(store: Store, dataset: str, uri: str,
+                   reader: pa.RecordBatchReader | QuerySource,
                    facts: VersionFacts, *, partition_by: Sequence[str] = (),
                    evolve: bool = True, storage_options: Mapping[str, str] | None = None,
                    stats_fn: Any = None) -> PublishResult:
@@ -219,7 +241,8 @@ def publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchR
     Publishes to one dataset take turns store-wide (``dataset:NAME`` in
     :mod:`headwater.store.runlock`): delta-rs refuses a second concurrent table creation
     or schema change ("Protocol/Metadata changed since last commit") after the data files
-    are written, and a streamed input cannot be read again for a retry.
+    are written, and a streamed input cannot be read again for a retry. A
+    :class:`QuerySource` bound for a local table is written by DuckDB (:func:`_copy_plan`).
     """
     name = f"dataset:{dataset}"
     runlock.acquire(store, name, facts.run_id, lease_seconds=LEASE_SECONDS,
@@ -232,7 +255,8 @@ def publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchR
         runlock.release(store, name, facts.run_id)
 
 
-def _publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatchReader,
+def _publish_reader(store: Store, dataset: str, uri: str,
+                    source: pa.RecordBatchReader | QuerySource,
                     facts: VersionFacts, *, partition_by: Sequence[str],
                     evolve: bool, storage_options: Mapping[str, str] | None,
                     stats_fn: Any) -> PublishResult:
@@ -243,7 +267,14 @@ def _publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatch
     app = delta.app_id(facts.run_id, facts.step_id, dataset)
     if delta.already_committed(table, app):
         return PublishResult(dataset, None, 0, 0, skipped="already committed by this run")
-    counting = delta.CountingReader.peek(reader)
+    if isinstance(source, QuerySource):
+        plan = _copy_plan(source, uri, facts, table, partition_by, evolve)
+        if plan is not None:
+            return _publish_copy(store, dataset, uri, source, facts, table, app, plan,
+                                 evolve=evolve, storage_options=storage_options,
+                                 stats_fn=stats_fn)
+        source = source.reader()
+    counting = delta.CountingReader.peek(source)
     if counting.empty and facts.mode != "overwrite":
         return PublishResult(dataset, None, 0, 0, skipped="no rows to publish")
     # only an overwrite removes rows; other modes need not read the table's row count
@@ -257,32 +288,102 @@ def _publish_reader(store: Store, dataset: str, uri: str, reader: pa.RecordBatch
         if counting.error is not None:
             raise counting.error from None  # the source failed, not Delta
         raise
-    return _recorded(store, dataset, uri, storage_options, table, facts, dv,
-                     added=added, removed=removed, metrics=metrics, stats_fn=stats_fn,
-                     written=counting.bytes, stream=stream)
+    return _committed(store, dataset, uri, facts, table, dv, added, removed, metrics,
+                      storage_options=storage_options, stats_fn=stats_fn, stream=stream,
+                      written_bytes=counting.bytes)
 
 
-def _recorded(store: Store, dataset: str, uri: str,
-              storage_options: Mapping[str, str] | None, table: Any, facts: VersionFacts,
-              dv: int, *, added: int, removed: int, metrics: Mapping[str, Any],
-              stats_fn: Any, written: int, stream: StreamStats | None = None
-              ) -> PublishResult:
-    """Record the commit ``dv`` (after every earlier one) with its statistics (from
-    ``stream``, the written rows' statistics, when the caller watched them)."""
+def _committed(store: Store, dataset: str, uri: str, facts: VersionFacts, table: Any,
+               dv: int, added: int, removed: int, metrics: dict[str, Any], *,
+               storage_options: Mapping[str, str] | None, stats_fn: Any,
+               stream: StreamStats | None, written_bytes: int,
+               copied: Sequence[parts.Part] = ()) -> PublishResult:
+    """Record Delta version ``dv`` just committed, with its statistics (of the rows
+    watched by ``stream``, or of the ``copied`` files DuckDB wrote)."""
     store.ensure_dataset(dataset, uri, facts.pipeline, facts.key)  # only once it has a version
     # a concurrent writer may have committed before us and not recorded it yet: record
     # every earlier commit first, so version numbers stay dense and in commit order
     reconcile(store, dataset, uri, storage_options, before=dv)
     if table is None or int(table.version()) != dv:  # created now, or moved past our commit
         table = delta.open_table(uri, dv, storage_options)
+    watched: Any = stream
+    if copied:
+        from headwater.datasets.version_stats import WrittenFiles
+
+        watched = WrittenFiles(table, [p.path for p in copied], added)
     stats = drift = None
     if stats_fn is not None:
-        stats, drift = stats_fn(table, dv, stream) if stream is not None else stats_fn(table, dv)
-    notes = {"merge": dict(metrics)} if metrics else None
+        stats, drift = (stats_fn(table, dv, watched) if watched is not None
+                        else stats_fn(table, dv))
+    notes = {"merge": metrics} if metrics else None
     record = _record(store, dataset, dv, facts.metadata(), table, rows_added=added,
                      rows_removed=removed, stats=stats, drift=drift, notes=notes)
     return PublishResult(dataset, int(record["version"]), added, removed,
-                         bytes=written, record=record)
+                         bytes=written_bytes, record=record)
+
+
+def copy_enabled() -> bool:
+    """Whether a local table is written by DuckDB's ``COPY`` (``HEADWATER_PUBLISH_COPY=0``:
+    always the Arrow path, e.g. to compare the two)."""
+    return os.environ.get("HEADWATER_PUBLISH_COPY", "1").strip() not in ("0", "false", "no")
+
+
+def _copy_plan(source: QuerySource, uri: str, facts: VersionFacts, table: Any,
+               partition_by: Sequence[str], evolve: bool) -> parts.Plan | None:
+    """The write plan if DuckDB can write the files itself, else None (the Arrow path).
+
+    Only a local table (DuckDB's object-store extensions cannot be installed offline), not
+    a merge into an existing table, partitioned only by columns whose value text DuckDB
+    writes as Delta does (:func:`parts.copy_partitionable`), and only when the rows already
+    have the table's columns, in order, with its types: the Arrow path casts batches and
+    fills missing columns, a COPY writes the rows as they are. A plan that fails is left
+    to the Arrow path, which reports it as it always has.
+    """
+    if (not copy_enabled() or parts.local_root(uri) is None
+            or (facts.mode == "merge" and table is not None)):
+        return None
+    mode = "append" if facts.mode == "merge" else facts.mode
+    try:
+        data = source.schema()
+        plan = parts.plan_write(table, data, mode=mode, evolve=evolve,
+                                partition_by=partition_by)
+    except PublishError:
+        return None
+    delta_form = parts.delta_arrow_schema(data)
+    if [(f.name, f.type) for f in delta_form] != [(f.name, f.type) for f in plan.schema]:
+        return None
+    if not all(parts.copy_partitionable(plan.schema.field(c).type)
+               for c in plan.partition_by if c in plan.schema.names):
+        return None
+    if any(c not in plan.schema.names for c in plan.partition_by):
+        return None  # the Arrow path names the missing column
+    return plan
+
+
+def _publish_copy(store: Store, dataset: str, uri: str, source: QuerySource,
+                  facts: VersionFacts, table: Any, app: str, plan: parts.Plan, *,
+                  evolve: bool, storage_options: Mapping[str, str] | None,
+                  stats_fn: Any) -> PublishResult:
+    """DuckDB writes the files (:func:`parts.copy_parts`), then the same one commit.
+
+    The written rows' statistics are read from the new files (:mod:`version_stats`: exact
+    facts from their add actions, the distribution from a sample past ``SAMPLE_ROWS``)
+    instead of the write stream, which this path never turns into Arrow.
+    """
+    mode = "append" if facts.mode == "merge" else facts.mode
+    previous_rows = total_rows(table) if table is not None and facts.mode == "overwrite" else 0
+    written = parts.copy_parts(source.con, source.query, uri, schema=plan.schema,
+                               partition_by=plan.partition_by)
+    added = sum(p.rows for p in written)
+    if not added and facts.mode != "overwrite":
+        return PublishResult(dataset, None, 0, 0, skipped="no rows to publish")
+    dv = parts.commit_parts(uri, written, schema=plan.schema, mode=mode, app=app,
+                            metadata=facts.metadata(), partition_by=plan.partition_by,
+                            evolve=evolve, storage_options=storage_options, table=table)
+    removed = previous_rows if facts.mode == "overwrite" else 0
+    return _committed(store, dataset, uri, facts, table, dv, added, removed, {},
+                      storage_options=storage_options, stats_fn=stats_fn, stream=None,
+                      written_bytes=sum(p.size for p in written), copied=written)
 
 
 def publish_parts(store: Store, dataset: str, uri: str,
@@ -337,10 +438,11 @@ def _publish_parts(store: Store, dataset: str, uri: str,
     dv = commit_parts(uri, parts, schema=plan.schema, mode=facts.mode, app=app,
                       metadata=facts.metadata(), partition_by=plan.partition_by,
                       evolve=evolve, storage_options=storage_options, table=table)
-    return _recorded(store, dataset, uri, storage_options, table, facts, dv, added=added,
-                     removed=previous_rows if facts.mode == "overwrite" else 0, metrics={},
-                     stats_fn=stats_fn, written=sum(part.size for part in parts),
-                     stream=stream if stats_fn is not None else None)
+    return _committed(store, dataset, uri, facts, table, dv, added,
+                      previous_rows if facts.mode == "overwrite" else 0, {},
+                      storage_options=storage_options, stats_fn=stats_fn,
+                      stream=stream if stats_fn is not None else None,
+                      written_bytes=sum(part.size for part in parts))
 
 
 def _streamed(facts: VersionFacts, table: Any) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -29,14 +29,18 @@ SAMPLE_ROWS = 200_000
 SAMPLE_SEED = 42
 
 
-def version_stats(con: Any, table: Any, *,
-                  reference: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Column statistics of a loaded Delta table version (the shape of ``column_stats``)."""
+def version_stats(con: Any, table: Any, *, reference: Mapping[str, Any] | None = None,
+                  only: Collection[str] | None = None) -> dict[str, Any]:
+    """Column statistics of a loaded Delta table version (the shape of ``column_stats``);
+    ``only`` (paths relative to the table root, as the log names them) limits them to
+    those files: the rows one write added (:class:`WrittenFiles`)."""
     files = delta.data_files(table)
     delta.register_readers(con, delta.table_root(table))
+    actions = delta.add_actions(table)
+    if only is not None:
+        files, actions = _restricted(table, files, actions, only)
     if not files:
         return {"rows": 0, "columns": {}}
-    actions = delta.add_actions(table)
     rows = int(pc.sum(actions["num_records"]).as_py() or 0)
     listing = ", ".join(text(f) for f in files)
     hive = "true" if delta.partition_columns(table) else "false"
@@ -59,6 +63,36 @@ def version_stats(con: Any, table: Any, *,
         con.execute(f"DROP TABLE IF EXISTS {name}")
     _exact_facts(doc, actions, rows)
     return doc
+
+
+def _restricted(table: Any, files: list[str], actions: pa.Table, only: Collection[str]
+                ) -> tuple[list[str], pa.Table]:
+    """The files and add actions of ``only`` (paths as named on disk; the log's add
+    actions name them decoded)."""
+    from urllib.parse import unquote
+
+    root = delta.table_root(table).rstrip("/")
+    wanted = set(only) | {unquote(p) for p in only}
+    kept = [f for f in files if f.removeprefix(root + "/") in wanted]
+    # row slices, not an is_in mask: building a value-set array imports pandas (~0.3 s)
+    rows = [actions.slice(i, 1) for i, path in
+            enumerate(actions.column("path").to_pylist()) if path in wanted]
+    return kept, pa.concat_tables(rows) if rows else actions.slice(0, 0)
+
+
+class WrittenFiles:
+    """The rows one write added, as the files it committed: the ``stream`` a publish
+    hands its statistics when DuckDB wrote the files (no Arrow batches to watch). Its
+    document is :func:`version_stats` of those files alone, so an append's statistics
+    combine the previous version's document with them (``combine_append``)."""
+
+    def __init__(self, table: Any, paths: Sequence[str], rows: int) -> None:
+        self.table = table
+        self.paths = list(paths)
+        self.rows = rows
+
+    def document(self, con: Any, reference: Mapping[str, Any] | None) -> dict[str, Any]:
+        return version_stats(con, self.table, reference=reference, only=self.paths)
 
 
 def _materialised_stats(con: Any, relation: str,

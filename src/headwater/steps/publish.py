@@ -23,6 +23,7 @@ from headwater.config.models import PublishConfig, PublishStep
 from headwater.datasets import delta
 from headwater.datasets.publish import (
     PublishResult,
+    QuerySource,
     VersionFacts,
     normalised_select,
     publish_reader,
@@ -233,9 +234,8 @@ def _publish(ctx: StepContext, config: PublishConfig, con: Any, relation: str, u
         result = publish_fan.publish(ctx, config, query, groups, uri, facts, stats_fn,
                                      int(ctx.inputs[config.input].rows or 0))
     else:
-        reader = con.sql(query).to_arrow_reader(BATCH_ROWS)
         result = publish_reader(
-            ctx.project.store, config.dataset, uri, reader, facts,
+            ctx.project.store, config.dataset, uri, QuerySource(con, query, BATCH_ROWS), facts,
             partition_by=config.partition_by, evolve=config.schema_ == "evolve",
             stats_fn=stats_fn)
     _log_result(ctx, result, changes)
