@@ -28,6 +28,7 @@ from typing import Any
 from headwater.exceptions import HeadwaterError
 from headwater.runtime import ProjectRuntime
 from headwater.server import metrics
+from headwater.server.enqueue import Enqueuer
 from headwater.server.waiter import callback_base, run_waiter
 from headwater.store import queue
 from headwater.store.deployments import latest_id
@@ -81,6 +82,7 @@ class Server:
         self._saved_states: dict[tuple[str, int], dict[str, Any]] = {}
         """(pipeline, trigger index) → the trigger state last written to the store."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.enqueuer = Enqueuer(self.store, self._queued)
         self.started_at = datetime.now(UTC)
 
     # ------------------------------------------------------------------ lifecycle
@@ -161,6 +163,7 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(api.task, timeout=5)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.enqueuer.close)
 
     def _recover(self) -> list[str]:
         """Runs a crashed server left ``running``: resume them (their lease has expired)."""
@@ -220,16 +223,19 @@ class Server:
     def queue_run(self, pipeline: str, *, kind: str, info: dict[str, Any],
                   params: dict[str, Any] | None = None, dedupe_key: str | None = None,
                   window: tuple[datetime, datetime] | None = None) -> str | None:
-        """Queue from a thread (webhook, API) and wake the dispatcher."""
-        now = datetime.now(UTC)
-        run_id = queue.fire(self.store, pipeline=pipeline, trigger_index=None, kind=kind,
-                            dedupe_key=dedupe_key, info=info, event_at=now, params=params,
-                            window=window)
-        if run_id is not None:
-            metrics.TRIGGER_FIRES.labels(pipeline, kind).inc()
-            self.remember_event(run_id, now)
-            self.wake_threadsafe()
-        return run_id
+        """Queue from a thread (webhook, API) and wake the dispatcher; returns once the run
+        is durably queued (runs asked for at the same time share one transaction)."""
+        return self.enqueuer.submit(queue.FireRequest(
+            pipeline=pipeline, kind=kind, info=info, event_at=datetime.now(UTC),
+            dedupe_key=dedupe_key, params=params, window=window))
+
+    def _queued(self, batch: list[tuple[queue.FireRequest, str]]) -> None:
+        """A batch of runs was committed (in the enqueuer's thread): count and wake."""
+        for request, run_id in batch:
+            metrics.TRIGGER_FIRES.labels(request.pipeline, request.kind).inc()
+            if request.event_at is not None:
+                self.remember_event(run_id, request.event_at)
+        self.wake_threadsafe()
 
     def remember_event(self, run_id: str, at: datetime) -> None:
         self._events[run_id] = at
@@ -261,43 +267,38 @@ class Server:
                 await asyncio.wait_for(self._wake.wait(), self.options.poll_seconds)
 
     async def _claim_some(self) -> bool:
-        if len(self.running) >= self.limit:
+        """Claim as many queued runs as there are free slots, in one transaction, and
+        start each in the run pool; False when nothing was claimed."""
+        slots = self.limit - len(self.running)
+        if slots <= 0:
             return False
-        saturated = self._saturated()
         try:
-            run_id = await asyncio.to_thread(queue.claim, self.store, self.worker,
-                                             exclude_pipelines=saturated)
+            claimed = await asyncio.to_thread(queue.claim_many, self.store, self.worker,
+                                              slots, self._run_limit)
         except HeadwaterError as exc:
             log.error("cannot claim runs: %s", exc.message)
             await asyncio.sleep(1.0)
             return False
-        if run_id is None:
-            return False
-        row = await asyncio.to_thread(self.store.run, run_id)
-        self.running[run_id] = row["pipeline"]
-        event_at = self._events.pop(run_id, None) or row["created_at"]
-        if event_at is not None:
-            metrics.EVENT_TO_START.observe(
-                max(0.0, (datetime.now(UTC) - event_at).total_seconds()))
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.pool, self._execute, run_id)
-        future.add_done_callback(functools.partial(self._on_done, run_id))
-        return True
+        now = datetime.now(UTC)
+        for run_id, pipeline, created_at in claimed:
+            self.running[run_id] = pipeline
+            event_at = self._events.pop(run_id, None) or created_at
+            metrics.EVENT_TO_START.observe(max(0.0, (now - event_at).total_seconds()))
+            future = loop.run_in_executor(self.pool, self._execute, run_id)
+            future.add_done_callback(functools.partial(self._on_done, run_id))
+        return bool(claimed)
 
-    def _saturated(self) -> list[str]:
-        """Pipelines at their run limit: counted store-wide, so several servers agree."""
-        counts = queue.running_counts(self.store)
-        out = []
-        for name, count in counts.items():
-            try:
-                limit = self.runtime.pipeline(name).config.max_concurrent_runs
-            except HeadwaterError:
-                continue
-            if limit is None and _incremental(self.runtime, name):
-                limit = 1  # two runs would read the same new files: serialise them
-            if limit is not None and count >= limit:
-                out.append(name)
-        return out
+    def _run_limit(self, name: str) -> int | None:
+        """How many runs of pipeline ``name`` may run at once, store-wide (None: no limit
+        of its own; the server's ``max_concurrent_runs`` still holds)."""
+        try:
+            limit = self.runtime.pipeline(name).config.max_concurrent_runs
+        except HeadwaterError:
+            return None
+        if limit is None and _incremental(self.runtime, name):
+            limit = 1  # two runs would read the same new files: serialise them
+        return limit
 
     def _execute(self, run_id: str) -> None:
         from headwater.engine.runner import execute_run  # loads with the first run
