@@ -29,6 +29,7 @@ from headwater.exceptions import HeadwaterError
 from headwater.runtime import ProjectRuntime
 from headwater.server import metrics
 from headwater.server.enqueue import Enqueuer
+from headwater.server.runpool import RunPool, execute_one
 from headwater.server.waiter import callback_base, run_waiter
 from headwater.store import queue
 from headwater.store.deployments import latest_id
@@ -55,6 +56,10 @@ class ServerOptions:
     api: bool = True
     on_ready: Callable[[], None] | None = None
     """Called once the port is bound, before any run is claimed (``serve`` announces)."""
+    run_processes: int = field(
+        default_factory=lambda: int(os.environ.get("HEADWATER_RUN_PROCESSES", "0") or 0))
+    """Executor processes for runs (``server.runpool``); 0 runs them in this process's
+    threads. More processes than cores help only while runs wait on I/O."""
 
 
 class Server:
@@ -82,6 +87,7 @@ class Server:
         self._saved_states: dict[tuple[str, int], dict[str, Any]] = {}
         """(pipeline, trigger index) → the trigger state last written to the store."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.runpool: RunPool | None = None
         self.enqueuer = Enqueuer(self.store, self._queued)
         self.started_at = datetime.now(UTC)
 
@@ -97,6 +103,10 @@ class Server:
         api = await self._start_api() if self.options.api else None
         if self.options.on_ready is not None:
             self.options.on_ready()
+        if self.options.run_processes > 0:
+            self.runpool = RunPool(self.runtime, self.options.run_processes, self.worker,
+                                   callback_base(self.options.host, self.options.port))
+            self.runpool.start()
         resumed = await asyncio.to_thread(self._recover)
         if resumed:
             log.warning("queued %d interrupted run(s) again: %s", len(resumed),
@@ -132,6 +142,8 @@ class Server:
                 await task
         self._trigger_tasks = []
         self.runtime.forget_pipelines()
+        if self.runpool is not None:
+            self.runpool.reload()
         self._saved_states.clear()
         self._arm_triggers()
         log.info("reloaded pipelines after a deploy: %d pipelines, %d triggers",
@@ -156,8 +168,11 @@ class Server:
         if self.running:
             left = list(self.running)
             await asyncio.to_thread(self._requeue_own, left)
-            _kill_commands()  # a resumed run must not start a second one beside it
+            if self.runpool is None:
+                _kill_commands()  # a resumed run must not start a second one beside it
             log.warning("queued %d unfinished run(s) again for the next start", len(left))
+        if self.runpool is not None:
+            await asyncio.to_thread(self.runpool.stop)  # kills their commands too
         if api is not None:
             api.should_exit = True
             with contextlib.suppress(Exception):
@@ -301,31 +316,18 @@ class Server:
         return limit
 
     def _execute(self, run_id: str) -> None:
-        from headwater.engine.runner import execute_run  # loads with the first run
-
-        try:
-            row = execute_run(self.runtime, run_id, worker=self.worker,
-                              parking=callback_base(self.options.host, self.options.port))
-            metrics.RUNS.labels(row["pipeline"], row["status"]).inc()
-            for version in self.store.versions_by_run(run_id):
-                metrics.ROWS_PUBLISHED.labels(version["dataset"]).inc(version["rows_added"])
-        except Exception:  # a run must never take the server down
-            log.exception("run %s crashed the runner", run_id)
-            self._fail_unfinished(run_id, "internal error in the runner; see the server log")
-        except (SystemExit, KeyboardInterrupt) as exc:  # raised by a step's own code
-            # Only user code raises these in a worker thread (signals reach the main thread).
-            # Left alone, the run would stay `running`, be taken over after its lease and
-            # exit again, forever.
-            raised = f"{type(exc).__name__}({', '.join(repr(a) for a in exc.args)})"
-            log.error("run %s: a step raised %s", run_id, raised)
-            self._fail_unfinished(run_id, f"the step raised {raised}: a step must return or "
-                                  "raise an exception, not exit")
-
-    def _fail_unfinished(self, run_id: str, message: str) -> None:
-        try:
-            queue.fail_unfinished(self.store, run_id, message)
-        except HeadwaterError as exc:
-            log.error("could not record run %s as failed: %s", run_id, exc.message)
+        """Execute a claimed run here or in an executor process; count what it did."""
+        parking = callback_base(self.options.host, self.options.port)
+        if self.runpool is not None:
+            outcome = self.runpool.execute(run_id)
+        else:
+            outcome = execute_one(self.runtime, run_id, self.worker, parking)
+        if outcome is None:
+            return
+        pipeline, status, versions = outcome
+        metrics.RUNS.labels(pipeline, status).inc()
+        for dataset, rows in versions:
+            metrics.ROWS_PUBLISHED.labels(dataset).inc(rows)
 
     def _on_done(self, run_id: str, _future: object) -> None:
         self._done(run_id)
