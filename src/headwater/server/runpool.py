@@ -38,7 +38,7 @@ from typing import Any
 
 from headwater.exceptions import HeadwaterError
 from headwater.runtime import ProjectRuntime
-from headwater.store import queue
+from headwater.store import queue, runlock
 
 log = logging.getLogger("headwater.server")
 
@@ -191,9 +191,9 @@ class RunPool:
             except subprocess.TimeoutExpired:
                 executor.proc.kill()
 
-    def _broadcast(self, message: tuple[str, ...]) -> None:
+    def _broadcast(self, message: tuple[str, ...], but: _Executor | None = None) -> None:
         with self._changed:
-            executors = list(self._executors)
+            executors = [e for e in self._executors if e is not but]
         for executor in executors:
             with contextlib.suppress(OSError), executor.send_lock:
                 executor.conn.send(message)
@@ -207,6 +207,8 @@ class RunPool:
                 break
             if message[0] == "ready":
                 executor.ready.set()
+            elif message[0] == "released":  # a run lock: its waiters may be elsewhere
+                self._broadcast(("wake",), but=executor)
             elif message[0] == "done":
                 _, run_id, outcome = message
                 with self._changed:
@@ -280,6 +282,11 @@ def _serve_executor(root: str, fd: int, worker: str, parking: str, env: str,
         with contextlib.suppress(OSError):
             send(("done", run_id, outcome))
 
+    def released(_name: str) -> None:
+        with contextlib.suppress(OSError):
+            send(("released",))
+
+    runlock.on_release(released)
     send(("ready",))
     _loop(conn, runtime, run)
 
@@ -293,6 +300,8 @@ def _loop(conn: Connection, runtime: ProjectRuntime, run: Callable[[str], None])
         if message[0] == "run":
             threading.Thread(target=run, args=(message[1],), name=f"hw-run-{message[1]}",
                              daemon=True).start()
+        elif message[0] == "wake":
+            runlock.wake_waiters()
         elif message[0] == "reload":
             runtime.forget_pipelines()
         elif message[0] == "stop":
