@@ -39,7 +39,7 @@ steps:
   - id: first
     sql: SELECT 1 AS x
   - id: nap
-    command: "echo $$ > nap.pid; exec sleep 3"
+    command: "echo $$ > nap.pid; exec sleep {seconds}"
     needs: [first]
 """
 
@@ -140,7 +140,7 @@ def test_a_dead_executor_s_run_resumes_and_the_server_s_death_ends_executors(
         make_project: ProjectFactory, serve: Callable[..., Served]) -> None:
     """kill -9 of the executor running a run: the run is queued again at once and
     finishes once, its succeeded step reused; kill -9 of the server ends every executor."""
-    root = make_project({"slow": SLOW})
+    root = make_project({"slow": SLOW.format(seconds=3)})
     server = serve(root, env={"HEADWATER_RUN_PROCESSES": "2"})
     store = Store(f"sqlite:///{root / '.headwater' / 'headwater.db'}", migrate=False)
     try:
@@ -168,7 +168,7 @@ def test_sigterm_waits_for_runs_then_queues_the_rest(
         tmp_path: Path) -> None:
     """A graceful shutdown past its grace queues the unfinished run again and kills its
     command, with or without run executors; the executors exit with the server."""
-    root = make_project({"slow": SLOW})
+    root = make_project({"slow": SLOW.format(seconds=120)})
     server = serve(root, env={"HEADWATER_RUN_PROCESSES": processes,
                               "HEADWATER_SHUTDOWN_GRACE": "0.5"})
     store = Store(f"sqlite:///{root / '.headwater' / 'headwater.db'}", migrate=False)

@@ -183,13 +183,15 @@ class RunPool:
             self._stopping = True
             executors = list(self._executors)
             self._changed.notify_all()
-        self._spawns.put(False)
         self._broadcast(("stop",))
         for executor in executors:
             try:
                 executor.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 executor.proc.kill()
+        # only now: the spawner thread's end is the executors' parent-death signal, which
+        # must not kill them before they killed their commands
+        self._spawns.put(False)
 
     def _broadcast(self, message: tuple[str, ...], but: _Executor | None = None) -> None:
         with self._changed:

@@ -39,6 +39,8 @@ from headwater.triggers.registry import ArmedTrigger, arm_all
 log = logging.getLogger("headwater.server")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HEARTBEAT_SECONDS = float(os.environ.get("HEADWATER_HEARTBEAT_SECONDS", "5"))
+"""As the engine's: how often the runs handed to run executors are said to be alive."""
 
 
 @dataclass
@@ -116,6 +118,8 @@ class Server:
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatcher"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(run_waiter(self), name="waiter"))
+        if self.runpool is not None:
+            self._tasks.append(asyncio.create_task(self._beat_handed_runs(), name="beat"))
         log.info("serving %s as %s (%d triggers)", self.runtime.root, self.worker,
                  len(self.triggers))
         await self.stopping.wait()
@@ -328,6 +332,20 @@ class Server:
         metrics.RUNS.labels(pipeline, status).inc()
         for dataset, rows in versions:
             metrics.ROWS_PUBLISHED.labels(dataset).inc(rows)
+
+    async def _beat_handed_runs(self) -> None:
+        """Heartbeat the runs this server handed to its executors. An executor beats a run
+        only once it has started it, and a busy (or still starting) executor may take
+        longer than the lease to get to it: unbeaten, another server would take it over
+        and run it a second time."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if not self.running:
+                continue
+            try:
+                await asyncio.to_thread(queue.heartbeat, self.store, list(self.running))
+            except HeadwaterError as exc:
+                log.error("cannot record the heartbeat of running runs: %s", exc.message)
 
     def _on_done(self, run_id: str, _future: object) -> None:
         self._done(run_id)
