@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -409,11 +410,27 @@ def report_publish(rows: list[dict[str, Any]], stats: ClientStats, versions: lis
 
 
 def print_log_shape(log: Path) -> None:
+    """The log's length, its checkpoints, and the gaps between consecutive commits: while
+    runs wait for the dataset's lock (a backlog), a gap is the time one publish held it."""
+    import json
+
     commits = sorted(log.glob("*.json"))
     checkpoints = sorted(log.glob("*.checkpoint.parquet"))
     print(f"Delta log: {len(commits):,} commits, {len(checkpoints)} checkpoint(s)"
           + (f", newest at {checkpoints[-1].name.split('.')[0].lstrip('0') or '0'}"
              if checkpoints else ""))
+    stamps = []
+    for commit in commits:
+        for line in commit.read_text().splitlines():
+            info = json.loads(line).get("commitInfo")
+            if info and "timestamp" in info:
+                stamps.append(int(info["timestamp"]) / 1000.0)
+                break
+    gaps = [b - a for a, b in itertools.pairwise(stamps[1:])]  # 0: the warm-up run
+    if gaps:
+        print(f"gap between consecutive commits (one publish's turn in the dataset lock "
+              f"while others wait): p50 {percentile(gaps, 50) * 1000:.0f} ms, p90 "
+              f"{percentile(gaps, 90) * 1000:.0f} ms over {len(gaps):,} commits")
 
 
 def print_floor(folder: Path, seconds: float, headwater_per_min: float) -> None:
