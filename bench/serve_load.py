@@ -319,6 +319,13 @@ def run(duration: float, rate: float, threads: int, profile: bool, settings: str
               f"core; its run executors included, {run_processes} of them), client "
               f"{client:.1f} s ({100 * client / seconds:.0f}%); load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        done_in_window = sum(1 for r in rows if r["finished_at"] is not None
+                             and window_start <= r["finished_at"] <= window_end)
+        if done_in_window:
+            per_run = cpu / done_in_window
+            print(f"server CPU per run finished in the window: {per_run * 1000:.1f} ms "
+                  f"(webhook, queue, claim and run); {rate:,.0f} runs/min would need "
+                  f"{per_run * rate / 60:.2f} cores")
         if profile:
             done = sum(1 for r in rows if r["finished_at"] is not None
                        and window_start <= r["finished_at"] <= window_end)
