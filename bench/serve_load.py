@@ -223,7 +223,8 @@ def print_profile(path: Path, runs: int, top: int = 20) -> None:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame(f) for f in stack.split(";")[1:]]  # the first names the thread
+        frames = [_frame(f) for f in stack.split(";")[1:]  # the first names the thread
+                  if not f.startswith("process ")]  # --subprocesses: then the process
         if not frames or any(f.startswith(IDLE) for f in frames[-1:]):
             continue
         total += count

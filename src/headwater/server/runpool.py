@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -294,14 +294,16 @@ def _serve_executor(root: str, fd: int, worker: str, parking: str, env: str,
 
 
 def _loop(conn: Connection, runtime: ProjectRuntime, run: Callable[[str], None]) -> None:
+    # threads are reused (starting one per run cost ~3 ms under load); the server bounds
+    # how many runs an executor has at once, so the pool's own bound is only a backstop
+    threads = ThreadPoolExecutor(max_workers=256, thread_name_prefix="hw-run")
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             os._exit(0)  # the server is gone
         if message[0] == "run":
-            threading.Thread(target=run, args=(message[1],), name=f"hw-run-{message[1]}",
-                             daemon=True).start()
+            threads.submit(run, message[1])
         elif message[0] == "wake":
             runlock.wake_waiters()
         elif message[0] == "reload":
