@@ -186,3 +186,85 @@ def test_sigterm_waits_for_runs_then_queues_the_rest(
         assert "queued" == store.run(run_id)["status"]
     finally:
         store.close()
+
+
+PUBLISH = """
+name: ingest
+triggers:
+  - webhook: {token: tok}
+steps:
+  - id: a
+    sql: SELECT {{ params.n }} AS n
+  - id: p
+    publish: {input: a, dataset: events}
+params: {n: 0}
+"""
+
+
+def test_publishes_to_one_dataset_take_turns_across_executors(
+        make_project: ProjectFactory, serve: Callable[..., Served]) -> None:
+    """Runs in two executors append to one dataset: one version per run, each row once,
+    each version credited to the run that committed it."""
+    root = make_project({"ingest": PUBLISH})
+    server = serve(root, env={"HEADWATER_RUN_PROCESSES": "2"})
+    with httpx.Client(timeout=60) as client:
+        for n in range(1, 25):
+            reply = client.post(f"{server.url}/api/pipelines/ingest/trigger",
+                                headers={"Authorization": "Bearer tok"},
+                                json={"params": {"n": n}})
+            assert 202 == reply.status_code
+    store = Store(f"sqlite:///{root / '.headwater' / 'headwater.db'}", migrate=False)
+    try:
+        wait_for(lambda: len([r for r in store.runs("ingest", 100)
+                              if r["status"] == "succeeded"]) == 24, 120)
+        runs = store.runs("ingest", 100)
+        assert len({int(r["pid"]) for r in runs}) == 2  # both executors published
+        versions = store.versions("events")
+        assert 24 == len(versions)
+        assert sorted(r["id"] for r in runs) == sorted(v["run_id"] for v in versions)
+        assert list(range(1, 25)) == [v["version"] for v in
+                                      sorted(versions, key=lambda v: v["delta_version"])]
+    finally:
+        store.close()
+    import headwater as hw
+
+    with hw.Project(root) as project:
+        assert list(range(1, 25)) == sorted(project.dataset("events").to_arrow()["n"]
+                                            .to_pylist())
+
+
+def test_a_lock_released_elsewhere_wakes_waiters_at_once(tmp_path: Path) -> None:
+    """A waiter polling rarely takes its turn as soon as another process's release is
+    passed on (``wake_waiters``), and this process's releases reach ``on_release``."""
+    from headwater.store import runlock
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        holder, waiter = store.create_run("p"), store.create_run("p")
+        for run_id in (holder, waiter):
+            assert queue.claim_run(store, run_id, "w")
+        assert runlock.try_acquire(store, "dataset:d", holder, 30) is None
+        released: list[str] = []
+        runlock.on_release(released.append)
+        took: list[float] = []
+
+        def wait() -> None:
+            runlock.acquire(store, "dataset:d", waiter, lease_seconds=30,
+                            on_wait=lambda _h: None, cancelled=lambda: False,
+                            poll_seconds=30)
+            took.append(time.monotonic())
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        time.sleep(0.5)
+        with store.tx() as conn:  # the holder's process releases it, as another would
+            conn.execute(t.run_locks.delete().where(t.run_locks.c.run_id == holder))
+        woke = time.monotonic()
+        runlock.wake_waiters()
+        thread.join(timeout=10)
+        assert took and took[0] - woke < 5.0  # not the 30 s poll
+        runlock.release(store, "dataset:d", waiter)
+        assert "dataset:d" in released
+    finally:
+        runlock._LISTENERS.remove(released.append)
+        store.close()
