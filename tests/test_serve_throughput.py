@@ -239,13 +239,13 @@ def test_a_lock_released_elsewhere_wakes_waiters_at_once(tmp_path: Path) -> None
     from headwater.store import runlock
 
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    released: list[str] = []
+    runlock.on_release(released.append)
     try:
         holder, waiter = store.create_run("p"), store.create_run("p")
         for run_id in (holder, waiter):
             assert queue.claim_run(store, run_id, "w")
         assert runlock.try_acquire(store, "dataset:d", holder, 30) is None
-        released: list[str] = []
-        runlock.on_release(released.append)
         took: list[float] = []
 
         def wait() -> None:
