@@ -28,9 +28,9 @@ def fire(store: Store, *, pipeline: str, trigger_index: int | None, kind: str,
          params: Mapping[str, Any] | None = None, code_version: str | None = None,
          window: tuple[datetime, datetime] | None = None) -> str | None:
     """Record a fire and queue its run atomically; None if this event already fired."""
-    run_id = new_run_id()
     now = utcnow()
     for _ in range(20):
+        run_id = new_run_id()  # a retry after an id taken in the same second needs a new one
         try:
             # one fire at a time per process (webhook threads race for the next seq otherwise:
             # at 32 concurrent calls that halves the throughput); servers still race, and retry
