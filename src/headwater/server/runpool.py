@@ -93,7 +93,6 @@ class _Executor:
     conn: Connection
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     inflight: dict[str, Future[Outcome | None]] = field(default_factory=dict)
-    ready: threading.Event = field(default_factory=threading.Event)
 
 
 class RunPool:
@@ -141,9 +140,11 @@ class RunPool:
                str(theirs.fileno()), self.worker, self.parking or "", self.runtime.env or "",
                str(os.getpid())]
         env = dict(os.environ)
-        package_parent = str(Path(__file__).resolve().parents[2])  # this headwater, always
-        env["PYTHONPATH"] = os.pathsep.join(
-            [package_parent, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+        package_parent = str(Path(__file__).resolve().parents[2])
+        if Path(package_parent).name not in ("site-packages", "dist-packages"):
+            # a source checkout on sys.path by other means: the executor runs this code too
+            env["PYTHONPATH"] = os.pathsep.join(
+                [package_parent, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
         try:
             proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                     env=env)
@@ -161,10 +162,13 @@ class RunPool:
         with self._changed:
             while not self._executors and not self._stopping:
                 self._changed.wait()
-            if self._stopping:
-                raise HeadwaterError("the server is stopping")
-            executor = min(self._executors, key=lambda e: len(e.inflight))
-            executor.inflight[run_id] = future
+            stopping = self._stopping
+            if not stopping:
+                executor = min(self._executors, key=lambda e: len(e.inflight))
+                executor.inflight[run_id] = future
+        if stopping:  # claimed as the server stopped: the next server resumes it
+            self._requeue([run_id], os.getpid(), "its server stopped")
+            return None
         try:
             with executor.send_lock:
                 executor.conn.send(("run", run_id))
@@ -207,9 +211,7 @@ class RunPool:
                 message = executor.conn.recv()
             except (EOFError, OSError):
                 break
-            if message[0] == "ready":
-                executor.ready.set()
-            elif message[0] == "released":  # a run lock: its waiters may be elsewhere
+            if message[0] == "released":  # a run lock: its waiters may be elsewhere
                 self._broadcast(("wake",), but=executor)
             elif message[0] == "done":
                 _, run_id, outcome = message
@@ -236,14 +238,15 @@ class RunPool:
         if replace:
             self._spawns.put(True)
 
-    def _requeue(self, run_ids: list[str], pid: int) -> None:
-        """Runs of a dead executor resume: those it started carry its pid, those it had
-        not started yet still carry the server's."""
+    def _requeue(self, run_ids: list[str], pid: int,
+                 reason: str = "its run executor process died") -> None:
+        """Queue runs again to resume: those an executor started carry its pid, those it
+        had not started yet still carry the server's."""
         try:
-            queue.requeue_runs(self.runtime.store, run_ids, only_pid=pid,
-                               reason="its run executor process died")
-            queue.requeue_runs(self.runtime.store, run_ids, only_pid=os.getpid(),
-                               reason="its run executor process died")
+            queue.requeue_runs(self.runtime.store, run_ids, only_pid=pid, reason=reason)
+            if pid != os.getpid():
+                queue.requeue_runs(self.runtime.store, run_ids, only_pid=os.getpid(),
+                                   reason=reason)
         except HeadwaterError as exc:
             log.error("could not queue runs %s again: %s", ", ".join(run_ids), exc.message)
 
@@ -289,7 +292,6 @@ def _serve_executor(root: str, fd: int, worker: str, parking: str, env: str,
             send(("released",))
 
     runlock.on_release(released)
-    send(("ready",))
     _loop(conn, runtime, run)
 
 
