@@ -28,6 +28,8 @@ from typing import Any
 from headwater.exceptions import HeadwaterError
 from headwater.runtime import ProjectRuntime
 from headwater.server import metrics
+from headwater.server.enqueue import Enqueuer
+from headwater.server.runpool import RunPool, execute_one
 from headwater.server.waiter import callback_base, run_waiter
 from headwater.store import queue
 from headwater.store.deployments import latest_id
@@ -37,6 +39,8 @@ from headwater.triggers.registry import ArmedTrigger, arm_all
 log = logging.getLogger("headwater.server")
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HEARTBEAT_SECONDS = float(os.environ.get("HEADWATER_HEARTBEAT_SECONDS", "5"))
+"""As the engine's: how often the runs handed to run executors are said to be alive."""
 
 
 @dataclass
@@ -54,6 +58,10 @@ class ServerOptions:
     api: bool = True
     on_ready: Callable[[], None] | None = None
     """Called once the port is bound, before any run is claimed (``serve`` announces)."""
+    run_processes: int = field(
+        default_factory=lambda: int(os.environ.get("HEADWATER_RUN_PROCESSES", "0") or 0))
+    """Executor processes for runs (``server.runpool``); 0 runs them in this process's
+    threads. More processes than cores help only while runs wait on I/O."""
 
 
 class Server:
@@ -81,6 +89,8 @@ class Server:
         self._saved_states: dict[tuple[str, int], dict[str, Any]] = {}
         """(pipeline, trigger index) → the trigger state last written to the store."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.runpool: RunPool | None = None
+        self.enqueuer = Enqueuer(self.store, self._queued)
         self.started_at = datetime.now(UTC)
 
     # ------------------------------------------------------------------ lifecycle
@@ -95,6 +105,10 @@ class Server:
         api = await self._start_api() if self.options.api else None
         if self.options.on_ready is not None:
             self.options.on_ready()
+        if self.options.run_processes > 0:
+            self.runpool = RunPool(self.runtime, self.options.run_processes, self.worker,
+                                   callback_base(self.options.host, self.options.port))
+            self.runpool.start()
         resumed = await asyncio.to_thread(self._recover)
         if resumed:
             log.warning("queued %d interrupted run(s) again: %s", len(resumed),
@@ -104,6 +118,8 @@ class Server:
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatcher"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(run_waiter(self), name="waiter"))
+        if self.runpool is not None:
+            self._tasks.append(asyncio.create_task(self._beat_handed_runs(), name="beat"))
         log.info("serving %s as %s (%d triggers)", self.runtime.root, self.worker,
                  len(self.triggers))
         await self.stopping.wait()
@@ -130,6 +146,8 @@ class Server:
                 await task
         self._trigger_tasks = []
         self.runtime.forget_pipelines()
+        if self.runpool is not None:
+            self.runpool.reload()
         self._saved_states.clear()
         self._arm_triggers()
         log.info("reloaded pipelines after a deploy: %d pipelines, %d triggers",
@@ -154,13 +172,17 @@ class Server:
         if self.running:
             left = list(self.running)
             await asyncio.to_thread(self._requeue_own, left)
-            _kill_commands()  # a resumed run must not start a second one beside it
+            if self.runpool is None:
+                _kill_commands()  # a resumed run must not start a second one beside it
             log.warning("queued %d unfinished run(s) again for the next start", len(left))
+        if self.runpool is not None:
+            await asyncio.to_thread(self.runpool.stop)  # kills their commands too
         if api is not None:
             api.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(api.task, timeout=5)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.enqueuer.close)
 
     def _recover(self) -> list[str]:
         """Runs a crashed server left ``running``: resume them (their lease has expired)."""
@@ -220,16 +242,19 @@ class Server:
     def queue_run(self, pipeline: str, *, kind: str, info: dict[str, Any],
                   params: dict[str, Any] | None = None, dedupe_key: str | None = None,
                   window: tuple[datetime, datetime] | None = None) -> str | None:
-        """Queue from a thread (webhook, API) and wake the dispatcher."""
-        now = datetime.now(UTC)
-        run_id = queue.fire(self.store, pipeline=pipeline, trigger_index=None, kind=kind,
-                            dedupe_key=dedupe_key, info=info, event_at=now, params=params,
-                            window=window)
-        if run_id is not None:
-            metrics.TRIGGER_FIRES.labels(pipeline, kind).inc()
-            self.remember_event(run_id, now)
-            self.wake_threadsafe()
-        return run_id
+        """Queue from a thread (webhook, API) and wake the dispatcher; returns once the run
+        is durably queued (runs asked for at the same time share one transaction)."""
+        return self.enqueuer.submit(queue.FireRequest(
+            pipeline=pipeline, kind=kind, info=info, event_at=datetime.now(UTC),
+            dedupe_key=dedupe_key, params=params, window=window))
+
+    def _queued(self, batch: list[tuple[queue.FireRequest, str]]) -> None:
+        """A batch of runs was committed (in the enqueuer's thread): count and wake."""
+        for request, run_id in batch:
+            metrics.TRIGGER_FIRES.labels(request.pipeline, request.kind).inc()
+            if request.event_at is not None:
+                self.remember_event(run_id, request.event_at)
+        self.wake_threadsafe()
 
     def remember_event(self, run_id: str, at: datetime) -> None:
         self._events[run_id] = at
@@ -261,70 +286,66 @@ class Server:
                 await asyncio.wait_for(self._wake.wait(), self.options.poll_seconds)
 
     async def _claim_some(self) -> bool:
-        if len(self.running) >= self.limit:
+        """Claim as many queued runs as there are free slots, in one transaction, and
+        start each in the run pool; False when nothing was claimed."""
+        slots = self.limit - len(self.running)
+        if slots <= 0:
             return False
-        saturated = self._saturated()
         try:
-            run_id = await asyncio.to_thread(queue.claim, self.store, self.worker,
-                                             exclude_pipelines=saturated)
+            claimed = await asyncio.to_thread(queue.claim_many, self.store, self.worker,
+                                              slots, self._run_limit)
         except HeadwaterError as exc:
             log.error("cannot claim runs: %s", exc.message)
             await asyncio.sleep(1.0)
             return False
-        if run_id is None:
-            return False
-        row = await asyncio.to_thread(self.store.run, run_id)
-        self.running[run_id] = row["pipeline"]
-        event_at = self._events.pop(run_id, None) or row["created_at"]
-        if event_at is not None:
-            metrics.EVENT_TO_START.observe(
-                max(0.0, (datetime.now(UTC) - event_at).total_seconds()))
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.pool, self._execute, run_id)
-        future.add_done_callback(functools.partial(self._on_done, run_id))
-        return True
+        now = datetime.now(UTC)
+        for run_id, pipeline, created_at in claimed:
+            self.running[run_id] = pipeline
+            event_at = self._events.pop(run_id, None) or created_at
+            metrics.EVENT_TO_START.observe(max(0.0, (now - event_at).total_seconds()))
+            future = loop.run_in_executor(self.pool, self._execute, run_id)
+            future.add_done_callback(functools.partial(self._on_done, run_id))
+        return bool(claimed)
 
-    def _saturated(self) -> list[str]:
-        """Pipelines at their run limit: counted store-wide, so several servers agree."""
-        counts = queue.running_counts(self.store)
-        out = []
-        for name, count in counts.items():
-            try:
-                limit = self.runtime.pipeline(name).config.max_concurrent_runs
-            except HeadwaterError:
-                continue
-            if limit is None and _incremental(self.runtime, name):
-                limit = 1  # two runs would read the same new files: serialise them
-            if limit is not None and count >= limit:
-                out.append(name)
-        return out
+    def _run_limit(self, name: str) -> int | None:
+        """How many runs of pipeline ``name`` may run at once, store-wide (None: no limit
+        of its own; the server's ``max_concurrent_runs`` still holds)."""
+        try:
+            limit = self.runtime.pipeline(name).config.max_concurrent_runs
+        except HeadwaterError:
+            return None
+        if limit is None and _incremental(self.runtime, name):
+            limit = 1  # two runs would read the same new files: serialise them
+        return limit
 
     def _execute(self, run_id: str) -> None:
-        from headwater.engine.runner import execute_run  # loads with the first run
+        """Execute a claimed run here or in an executor process; count what it did."""
+        parking = callback_base(self.options.host, self.options.port)
+        if self.runpool is not None:
+            outcome = self.runpool.execute(run_id)
+        else:
+            outcome = execute_one(self.runtime, run_id, self.worker, parking)
+        if outcome is None:
+            return
+        pipeline, status, versions = outcome
+        metrics.RUNS.labels(pipeline, status).inc()
+        for dataset, rows in versions:
+            metrics.ROWS_PUBLISHED.labels(dataset).inc(rows)
 
-        try:
-            row = execute_run(self.runtime, run_id, worker=self.worker,
-                              parking=callback_base(self.options.host, self.options.port))
-            metrics.RUNS.labels(row["pipeline"], row["status"]).inc()
-            for version in self.store.versions_by_run(run_id):
-                metrics.ROWS_PUBLISHED.labels(version["dataset"]).inc(version["rows_added"])
-        except Exception:  # a run must never take the server down
-            log.exception("run %s crashed the runner", run_id)
-            self._fail_unfinished(run_id, "internal error in the runner; see the server log")
-        except (SystemExit, KeyboardInterrupt) as exc:  # raised by a step's own code
-            # Only user code raises these in a worker thread (signals reach the main thread).
-            # Left alone, the run would stay `running`, be taken over after its lease and
-            # exit again, forever.
-            raised = f"{type(exc).__name__}({', '.join(repr(a) for a in exc.args)})"
-            log.error("run %s: a step raised %s", run_id, raised)
-            self._fail_unfinished(run_id, f"the step raised {raised}: a step must return or "
-                                  "raise an exception, not exit")
-
-    def _fail_unfinished(self, run_id: str, message: str) -> None:
-        try:
-            queue.fail_unfinished(self.store, run_id, message)
-        except HeadwaterError as exc:
-            log.error("could not record run %s as failed: %s", run_id, exc.message)
+    async def _beat_handed_runs(self) -> None:
+        """Heartbeat the runs this server handed to its executors. An executor beats a run
+        only once it has started it, and a busy (or still starting) executor may take
+        longer than the lease to get to it: unbeaten, another server would take it over
+        and run it a second time."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if not self.running:
+                continue
+            try:
+                await asyncio.to_thread(queue.heartbeat, self.store, list(self.running))
+            except HeadwaterError as exc:
+                log.error("cannot record the heartbeat of running runs: %s", exc.message)
 
     def _on_done(self, run_id: str, _future: object) -> None:
         self._done(run_id)

@@ -27,6 +27,23 @@ publishing to one dataset under ``serve``) takes its turn at once instead of at 
 poll; waiters in other processes still poll."""
 
 
+_LISTENERS: list[Callable[[str], None]] = []
+"""Told the name of every lock this process releases (``on_release``)."""
+
+
+def on_release(listener: Callable[[str], None]) -> None:
+    """Call ``listener(name)`` after each release in this process: a server's run
+    executor passes it on, so waiters in its sibling processes take their turn at once."""
+    _LISTENERS.append(listener)
+
+
+def wake_waiters() -> None:
+    """Another process released a lock and said so: waiters here try again now, not at
+    their next poll."""
+    with _RELEASED:
+        _RELEASED.notify_all()
+
+
 class LockWaitCancelled(HeadwaterError):
     """The run was cancelled while it waited for another run to release a lock."""
 
@@ -87,6 +104,8 @@ def release(store: Store, name: str, run_id: str) -> None:
                                                     t.run_locks.c.run_id == run_id)))
     with _RELEASED:
         _RELEASED.notify_all()
+    for listener in list(_LISTENERS):
+        listener(name)
 
 
 def holders(store: Store) -> dict[str, str]:
