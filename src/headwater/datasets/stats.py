@@ -372,12 +372,15 @@ def _values_sql(col: _Col, values: _Categorical, source: str) -> str | None:
     )
 
 
-def _count_values(
+def _count_pass(
     con: duckdb.DuckDBPyConnection, cols: list[_Col], plan: _Plan, source: str
 ) -> dict[str, Any]:
-    """Every categorical column's exact value counts, in one statement: ``counts`` (value
-    to count) for a short column, ``v`` (text to count) for a long one."""
-    branches = [
+    """Pass three, in one statement (its scans run side by side): the aggregates of
+    ``_count_sql`` by alias, and every categorical column's exact value counts,
+    ``counts`` (value to count) for a short column, ``v`` (text to count) for a long one."""
+    parts = [p for c in cols for p in _count_sql(c, plan)]
+    branches = [f"SELECT -1 AS __i, {', '.join(parts)} FROM {source}"] if parts else []
+    branches += [
         sql
         for c in cols
         if c.index in plan.categorical
@@ -391,15 +394,19 @@ def _count_values(
     except duckdb.Error as exc:
         raise StepError(f"cannot compute column statistics: {exc}") from exc
     where = {name: i for i, name in enumerate(result.columns)}
+    aggregates = [p.rsplit(" AS ", 1)[1] for p in parts]
+    counted: dict[str, Any] = {}
     found: dict[int, dict[Any, int]] = {}
     for row in rows:
         index = int(row[where["__i"]])
-        found.setdefault(index, {})[row[where[f"v{index}"]]] = int(row[where["__n"]])
+        if index < 0:
+            counted.update((alias, row[where[alias]]) for alias in aggregates)
+        else:
+            found.setdefault(index, {})[row[where[f"v{index}"]]] = int(row[where["__n"]])
     by_col = {c.index: c for c in cols}
-    return {
-        by_col[i].alias("counts" if plan.categorical[i].full else "v"): counts
-        for i, counts in found.items()
-    }
+    for i, counts in found.items():
+        counted[by_col[i].alias("counts" if plan.categorical[i].full else "v")] = counts
+    return counted
 
 
 @dataclass
@@ -555,9 +562,7 @@ def column_stats(
     first = _first(con, cols, source)
     rows = int(first["__rows"])
     plan = _count_plan(cols, first, reference)
-    parts = [p for c in cols for p in _count_sql(c, plan)]
-    counted = _run(con, parts, source) if parts else {}
-    counted.update(_count_values(con, cols, plan, source))
+    counted = _count_pass(con, cols, plan, source)
     _deferred_ranges(cols, plan, counted, first)
     docs = {c.name: _base(c, first, rows) for c in cols}
     for col in cols:
