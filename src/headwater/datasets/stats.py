@@ -40,8 +40,13 @@ shows and what drift (``drift.py``) compares::
 
 Pass one computes the aggregates; pass two, over a sample, the quantiles and a long
 column's candidate top values; pass three the bin and value counts (it needs what the first
-two found). All three are single aggregate queries over the relation, so memory stays
-bounded whatever its size. ``distinct`` is a HyperLogLog estimate. Quantiles are exact up
+two found), as one statement: the cumulative bin counts (each distinct edge of this and the
+previous version's bins once) beside one grouped scan per categorical column (a short
+column grouped by value; a long one filtered to its candidate and previous top values
+first). Every pass is an aggregate, so memory stays bounded whatever the relation's size.
+The min and max of a text or boolean column come from its value counts when it is short
+(its order is Python's), from pass three when it is long: string comparisons are a large
+share of a scan. ``distinct`` is a HyperLogLog estimate. Quantiles are exact up
 to 100,000 values and otherwise come from a seeded (repeatable) Bernoulli sample of about
 100,000 rows, off by about 0.1 percentile points: exact ones would sort every column.
 Values are JSON-native: dates and timestamps as ISO strings, decimals as floats, NaN as null.
@@ -245,25 +250,6 @@ def _sampled(col: _Col, first: Mapping[str, Any]) -> list[str]:
     if col.kind == "categorical" and _is_long(col, first):
         return [_candidates_sql(col)]
     return []
-
-
-def _unsampled(col: _Col) -> list[str]:
-    """Pass two folded into pass one, for a relation too small to be sampled: the same
-    aggregates over the same rows, asked for every column that might need them (a
-    quantile of no values is NULL; a short column's candidates are dropped unread)."""
-    if col.kind == "numeric":
-        return [_quantiles_sql(col)]
-    if col.kind == "categorical":
-        return [_candidates_sql(col)]
-    return []
-
-
-def _drop_unused(cols: list[_Col], first: dict[str, Any]) -> None:
-    """Forget the folded pass-two results a column would not have had from pass two."""
-    for col in cols:
-        if not _sampled(col, first):
-            first.pop(col.alias("q"), None)
-            first.pop(col.alias("candidates"), None)
 
 
 def _is_long(col: _Col, first: Mapping[str, Any]) -> bool:
@@ -526,26 +512,6 @@ def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[_Col]:
     return [_Col(i, str(n), str(t), column_kind(str(t))) for i, (n, t) in enumerate(pairs)]
 
 
-def _row_count(con: duckdb.DuckDBPyConnection, source: str) -> int:
-    """The relation's rows: free for the tables and files statistics are asked of."""
-    return int(_run(con, ["count(*) AS __rows"], source)["__rows"])
-
-
-def _first(con: duckdb.DuckDBPyConnection, cols: list[_Col], source: str) -> dict[str, Any]:
-    """Passes one and two. A relation of at most SAMPLE_ROWS rows is never sampled, so
-    its pass two runs over the same rows as pass one and is folded into it: one scan."""
-    parts = ["count(*) AS __rows", *(p for c in cols for p in _first_pass(c))]
-    if _row_count(con, source) > SAMPLE_ROWS:
-        first = _run(con, parts, source)
-        _finite_counts(cols, first)
-        _sample_pass(con, cols, first, source)
-        return first
-    first = _run(con, [*parts, *(p for c in cols for p in _unsampled(c))], source)
-    _finite_counts(cols, first)
-    _drop_unused(cols, first)
-    return first
-
-
 def column_stats(
     con: duckdb.DuckDBPyConnection,
     relation: str,
@@ -559,8 +525,10 @@ def column_stats(
     """
     cols = _columns(con, relation)
     source = _scan(cols, relation)
-    first = _first(con, cols, source)
+    first = _run(con, ["count(*) AS __rows", *(p for c in cols for p in _first_pass(c))], source)
     rows = int(first["__rows"])
+    _finite_counts(cols, first)
+    _sample_pass(con, cols, first, source)
     plan = _count_plan(cols, first, reference)
     counted = _count_pass(con, cols, plan, source)
     _deferred_ranges(cols, plan, counted, first)
