@@ -374,12 +374,8 @@ def _count_pass(
     ]
     if not branches:
         return {}
-    try:
-        result = con.sql(" UNION ALL BY NAME ".join(branches))
-        rows = result.fetchall()
-    except duckdb.Error as exc:
-        raise StepError(f"cannot compute column statistics: {exc}") from exc
-    where = {name: i for i, name in enumerate(result.columns)}
+    names, rows = _query(con, " UNION ALL BY NAME ".join(branches))
+    where = {name: i for i, name in enumerate(names)}
     aggregates = [p.rsplit(" AS ", 1)[1] for p in parts]
     counted: dict[str, Any] = {}
     found: dict[int, dict[Any, int]] = {}
@@ -495,12 +491,21 @@ def _scan(cols: list[_Col], relation: str) -> str:
     return f"(SELECT *{extra} FROM {_subquery(relation)} AS __hw_in) AS __hw_scan"
 
 
-def _run(con: duckdb.DuckDBPyConnection, parts: list[str], source: str) -> dict[str, Any]:
+def _query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of one statement. ``execute``, not ``sql``: a relation binds
+    its statement again on the Python side, which for a pass of ~100 aggregates cost more
+    than running it (8.7 ms against 3.3 ms for 100 ``count_if`` here)."""
     try:
-        result = con.sql(f"SELECT {', '.join(parts)} FROM {source}")
-        return dict(zip(result.columns, result.fetchall()[0], strict=True))
+        cursor = con.execute(sql)
+        rows = cursor.fetchall()
+        return [str(d[0]) for d in cursor.description or []], rows
     except duckdb.Error as exc:
         raise StepError(f"cannot compute column statistics: {exc}") from exc
+
+
+def _run(con: duckdb.DuckDBPyConnection, parts: list[str], source: str) -> dict[str, Any]:
+    names, rows = _query(con, f"SELECT {', '.join(parts)} FROM {source}")
+    return dict(zip(names, rows[0], strict=True))
 
 
 def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[_Col]:
