@@ -40,8 +40,13 @@ shows and what drift (``drift.py``) compares::
 
 Pass one computes the aggregates; pass two, over a sample, the quantiles and a long
 column's candidate top values; pass three the bin and value counts (it needs what the first
-two found). All three are single aggregate queries over the relation, so memory stays
-bounded whatever its size. ``distinct`` is a HyperLogLog estimate. Quantiles are exact up
+two found), as one statement: the cumulative bin counts (each distinct edge of this and the
+previous version's bins once) beside one grouped scan per categorical column (a short
+column grouped by value; a long one filtered to its candidate and previous top values
+first). Every pass is an aggregate, so memory stays bounded whatever the relation's size.
+The min and max of a text or boolean column come from its value counts when it is short
+(its order is Python's), from pass three when it is long: string comparisons are a large
+share of a scan. ``distinct`` is a HyperLogLog estimate. Quantiles are exact up
 to 100,000 values and otherwise come from a seeded (repeatable) Bernoulli sample of about
 100,000 rows, off by about 0.1 percentile points: exact ones would sort every column.
 Values are JSON-native: dates and timestamps as ISO strings, decimals as floats, NaN as null.
@@ -97,6 +102,9 @@ _INTEGERS = {
 }
 _FLOATS = {"FLOAT", "DOUBLE"}
 _CATEGORICAL = {"VARCHAR", "BOOLEAN", "UUID"}
+_SORTS_AS_PYTHON = {"VARCHAR", "BOOLEAN"}
+"""Types whose DuckDB order is Python's (UTF-8 bytes are code point order): the min and
+max of a short column of them are read off its value counts instead of a pass-one scan."""
 _TEMPORAL_PREFIXES = ("DATE", "TIME", "TIMESTAMP")
 
 
@@ -164,6 +172,12 @@ class _Col:
     def alias(self, what: str) -> str:
         return f"c{self.index}_{what}"
 
+    @property
+    def deferred_range(self) -> bool:
+        """Min and max come after pass one: from the value counts of a short column, from
+        pass three's scan for a long one (string comparisons are a large part of a scan)."""
+        return self.kind == "categorical" and self.type in _SORTS_AS_PYTHON
+
 
 def _first_pass(col: _Col) -> list[str]:
     a, parts = col.alias, [f"count({col.ref}) AS {col.alias('n')}"]
@@ -171,14 +185,20 @@ def _first_pass(col: _Col) -> list[str]:
         return parts
     parts.append(f"approx_count_distinct({col.ref}) AS {a('distinct')}")
     value = col.x if col.type in _FLOATS else col.ref
-    parts += [f"min({value}) AS {a('min')}", f"max({value}) AS {a('max')}"]
+    if not col.deferred_range:
+        parts += [f"min({value}) AS {a('min')}", f"max({value}) AS {a('max')}"]
     if col.kind == "numeric":
-        parts += [
-            f"count({col.x}) AS {a('nx')}",
-            f"avg({col.x}) AS {a('mean')}",
-            f"stddev_samp({col.x}) AS {a('std')}",
-        ]
+        # only a float column can hold values that are not finite: elsewhere nx is n
+        parts += [f"count({col.x}) AS {a('nx')}"] if col.type in _FLOATS else []
+        parts += [f"avg({col.x}) AS {a('mean')}", f"stddev_samp({col.x}) AS {a('std')}"]
     return parts
+
+
+def _finite_counts(cols: list[_Col], first: dict[str, Any]) -> None:
+    """``nx`` (values the numeric parts see) of integer and decimal columns: their count."""
+    for col in cols:
+        if col.kind == "numeric" and col.type not in _FLOATS:
+            first[col.alias("nx")] = first[col.alias("n")]
 
 
 # --------------------------------------------------------------------------- pass two
@@ -192,6 +212,10 @@ class _Numeric:
     edges: list[float]
     reference: list[float] | None
     """The previous version's histogram edges, when there is one."""
+
+    def inner(self) -> list[float]:
+        """Every inner edge of both bin sets, each once, in order."""
+        return sorted({*self.edges[1:-1], *(self.reference or [])[1:-1]})
 
 
 @dataclass
@@ -210,13 +234,21 @@ class _Categorical:
         return sorted({as_text(v) for v in values})
 
 
+def _quantiles_sql(col: _Col) -> str:
+    probabilities = ", ".join(repr(p) for p in (*QUANTILES.values(), *DECILES))
+    return f"quantile_cont({col.x}, [{probabilities}]) AS {col.alias('q')}"
+
+
+def _candidates_sql(col: _Col) -> str:
+    return f"approx_top_k({col.ref}, {TOP_K}) AS {col.alias('candidates')}"
+
+
 def _sampled(col: _Col, first: Mapping[str, Any]) -> list[str]:
     """Pass-two aggregates of one column over the sample (none for most kinds)."""
     if col.kind == "numeric" and first[col.alias("nx")]:
-        probabilities = ", ".join(repr(p) for p in (*QUANTILES.values(), *DECILES))
-        return [f"quantile_cont({col.x}, [{probabilities}]) AS {col.alias('q')}"]
+        return [_quantiles_sql(col)]
     if col.kind == "categorical" and _is_long(col, first):
-        return [f"approx_top_k({col.ref}, {TOP_K}) AS {col.alias('candidates')}"]
+        return [_candidates_sql(col)]
     return []
 
 
@@ -259,37 +291,104 @@ def _edges(first: Mapping[str, Any], col: _Col) -> list[float]:
 # --------------------------------------------------------------------------- pass three
 
 
-def _at_most_sql(col: _Col, edges: list[float], what: str) -> list[str]:
-    """``count_if(x <= e)`` per inner edge: cumulative counts, the cheapest way to bin."""
-    inner = edges[1:-1]
-    return [f"count_if({col.x} <= {e!r}) AS {col.alias(f'{what}{i}')}" for i, e in enumerate(inner)]
-
-
-def _bins(
-    counted: Mapping[str, Any], col: _Col, edges: list[float], what: str, total: int
-) -> list[int]:
-    """Per-bin counts from the cumulative ones; the last bin takes everything above."""
-    cumulative = [int(counted[col.alias(f"{what}{i}")]) for i in range(len(edges) - 2)]
-    return [b - a for a, b in pairwise([0, *cumulative, total])]
-
-
-def _long_sql(col: _Col, texts: list[str]) -> list[str]:
-    """Exact counts of a few values of a long column (no hash table of every value)."""
-    as_text = f"CAST({col.ref} AS VARCHAR)"
+def _at_most_sql(col: _Col, bins: _Numeric) -> list[str]:
+    """``count_if(x <= e)`` per distinct inner edge of both bin sets: cumulative counts,
+    the cheapest way to bin (an edge the two sets share, as when the data did not move,
+    is counted once)."""
     return [
-        f"count_if({as_text} = {_text(t)}) AS {col.alias(f'v{i}')}" for i, t in enumerate(texts)
+        f"count_if({col.x} <= {e!r}) AS {col.alias(f'e{i}')}" for i, e in enumerate(bins.inner())
     ]
 
 
+def _bins(counted: Mapping[str, Any], col: _Col, bins: _Numeric, edges: list[float]) -> list[int]:
+    """Per-bin counts of ``edges`` from the cumulative ones; the last bin takes the rest."""
+    at_most = {e: int(counted[col.alias(f"e{i}")]) for i, e in enumerate(bins.inner())}
+    cumulative = [at_most[e] for e in edges[1:-1]]
+    return [b - a for a, b in pairwise([0, *cumulative, bins.total])]
+
+
 def _count_sql(col: _Col, plan: _Plan) -> list[str]:
+    """Pass-three aggregates of one column: bin counts, or a long column's deferred range."""
     if col.index in plan.numeric:
-        bins = plan.numeric[col.index]
-        parts = _at_most_sql(col, bins.edges, "h")
-        return parts + (_at_most_sql(col, bins.reference, "r") if bins.reference else [])
-    values = plan.categorical[col.index]
+        return _at_most_sql(col, plan.numeric[col.index])
+    values = plan.categorical.get(col.index)
+    if values is not None and not values.full and col.deferred_range:
+        return [f"min({col.ref}) AS {col.alias('min')}", f"max({col.ref}) AS {col.alias('max')}"]
+    return []
+
+
+def _deferred_ranges(
+    cols: list[_Col], plan: _Plan, counted: Mapping[str, Any], first: dict[str, Any]
+) -> None:
+    """The min and max pass one left out (see ``_Col.deferred_range``), into ``first``."""
+    for col in cols:
+        if not col.deferred_range:
+            continue
+        values = plan.categorical.get(col.index)
+        if values is None:  # no value at all
+            first[col.alias("min")] = first[col.alias("max")] = None
+        elif values.full:
+            found = list(counted.get(col.alias("counts")) or {})
+            first[col.alias("min")] = min(found, default=None)
+            first[col.alias("max")] = max(found, default=None)
+        else:
+            first[col.alias("min")] = counted[col.alias("min")]
+            first[col.alias("max")] = counted[col.alias("max")]
+
+
+def _values_sql(col: _Col, values: _Categorical, source: str) -> str | None:
+    """Exact counts per value of one categorical column, as ``(__i, v<index>, __n)`` rows.
+
+    A short column is grouped by value (a small hash table). A long one counts only its
+    candidate and reference values, as text, and drops every other row before grouping,
+    so no table of every value is built. A grouped scan per column, run side by side in one
+    UNION, costs about half of the ``histogram()`` aggregates of one scan.
+    """
+    value = col.ref if values.full else f"CAST({col.ref} AS VARCHAR)"
     if values.full:
-        return [f"histogram({col.ref}) AS {col.alias('counts')}"]
-    return _long_sql(col, values.texts())
+        where = f"{col.ref} IS NOT NULL"
+    else:
+        texts = values.texts()
+        if not texts:
+            return None
+        where = f"{value} IN ({', '.join(_text(t) for t in texts)})"
+    return (
+        f"SELECT {col.index} AS __i, {value} AS v{col.index}, count(*) AS __n "
+        f"FROM {source} WHERE {where} GROUP BY {value}"
+    )
+
+
+def _count_pass(
+    con: duckdb.DuckDBPyConnection, cols: list[_Col], plan: _Plan, source: str
+) -> dict[str, Any]:
+    """Pass three, in one statement (its scans run side by side): the aggregates of
+    ``_count_sql`` by alias, and every categorical column's exact value counts,
+    ``counts`` (value to count) for a short column, ``v`` (text to count) for a long one."""
+    parts = [p for c in cols for p in _count_sql(c, plan)]
+    branches = [f"SELECT -1 AS __i, {', '.join(parts)} FROM {source}"] if parts else []
+    branches += [
+        sql
+        for c in cols
+        if c.index in plan.categorical
+        if (sql := _values_sql(c, plan.categorical[c.index], source)) is not None
+    ]
+    if not branches:
+        return {}
+    names, rows = _query(con, " UNION ALL BY NAME ".join(branches))
+    where = {name: i for i, name in enumerate(names)}
+    aggregates = [p.rsplit(" AS ", 1)[1] for p in parts]
+    counted: dict[str, Any] = {}
+    found: dict[int, dict[Any, int]] = {}
+    for row in rows:
+        index = int(row[where["__i"]])
+        if index < 0:
+            counted.update((alias, row[where[alias]]) for alias in aggregates)
+        else:
+            found.setdefault(index, {})[row[where[f"v{index}"]]] = int(row[where["__n"]])
+    by_col = {c.index: c for c in cols}
+    for i, counts in found.items():
+        counted[by_col[i].alias("counts" if plan.categorical[i].full else "v")] = counts
+    return counted
 
 
 @dataclass
@@ -353,10 +452,10 @@ def _base(col: _Col, first: Mapping[str, Any], rows: int) -> dict[str, Any]:
 def _fill_numeric(
     doc: dict[str, Any], col: _Col, counted: Mapping[str, Any], bins: _Numeric
 ) -> None:
-    counts = _bins(counted, col, bins.edges, "h", bins.total)
+    counts = _bins(counted, col, bins, bins.edges)
     doc["histogram"] = {"edges": bins.edges, "counts": counts}
     if bins.reference is not None:
-        counts = _bins(counted, col, bins.reference, "r", bins.total)
+        counts = _bins(counted, col, bins, bins.reference)
         doc["reference"] = {"edges": bins.reference, "counts": counts}
 
 
@@ -374,8 +473,8 @@ def _fill_categorical(
         doc["top_complete"] = len(found) <= TOP_K
         by_text = {as_text(value): int(n) for value, n in found.items()}
     else:
-        texts = values.texts()
-        by_text = {t: int(counted[col.alias(f"v{i}")]) for i, t in enumerate(texts)}
+        found_texts: Mapping[str, int] = counted.get(col.alias("v")) or {}
+        by_text = {t: int(found_texts.get(t, 0)) for t in values.texts()}
         doc["top"] = _ranked({v: by_text[as_text(v)] for v in values.candidates})
         doc["top_complete"] = False
     if values.reference is not None:
@@ -392,12 +491,21 @@ def _scan(cols: list[_Col], relation: str) -> str:
     return f"(SELECT *{extra} FROM {_subquery(relation)} AS __hw_in) AS __hw_scan"
 
 
-def _run(con: duckdb.DuckDBPyConnection, parts: list[str], source: str) -> dict[str, Any]:
+def _query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of one statement. ``execute``, not ``sql``: a relation binds
+    its statement again on the Python side, which for a pass of ~100 aggregates cost more
+    than running it (8.7 ms against 3.3 ms for 100 ``count_if`` here)."""
     try:
-        result = con.sql(f"SELECT {', '.join(parts)} FROM {source}")
-        return dict(zip(result.columns, result.fetchall()[0], strict=True))
+        cursor = con.execute(sql)
+        rows = cursor.fetchall()
+        return [str(d[0]) for d in cursor.description or []], rows
     except duckdb.Error as exc:
         raise StepError(f"cannot compute column statistics: {exc}") from exc
+
+
+def _run(con: duckdb.DuckDBPyConnection, parts: list[str], source: str) -> dict[str, Any]:
+    names, rows = _query(con, f"SELECT {', '.join(parts)} FROM {source}")
+    return dict(zip(names, rows[0], strict=True))
 
 
 def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[_Col]:
@@ -424,15 +532,11 @@ def column_stats(
     source = _scan(cols, relation)
     first = _run(con, ["count(*) AS __rows", *(p for c in cols for p in _first_pass(c))], source)
     rows = int(first["__rows"])
+    _finite_counts(cols, first)
     _sample_pass(con, cols, first, source)
     plan = _count_plan(cols, first, reference)
-    parts = [
-        p
-        for c in cols
-        if c.index in plan.numeric or c.index in plan.categorical
-        for p in _count_sql(c, plan)
-    ]
-    counted = _run(con, parts, source) if parts else {}
+    counted = _count_pass(con, cols, plan, source)
+    _deferred_ranges(cols, plan, counted, first)
     docs = {c.name: _base(c, first, rows) for c in cols}
     for col in cols:
         if col.index in plan.numeric:

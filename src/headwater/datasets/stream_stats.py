@@ -88,14 +88,11 @@ class StreamStats:
     def _facts(self, batch: pa.RecordBatch) -> None:
         for field, column in zip(batch.schema, batch.columns, strict=True):
             self.nulls[field.name] = self.nulls.get(field.name, 0) + column.null_count
-            if not _ranged(field.type):
+            if not _ranged(field.type) or len(column) == column.null_count:
                 continue
-            if pa.types.is_floating(field.type):
-                column = pc.filter(column, pc.is_finite(column))
-            if len(column) == column.null_count:
-                continue
-            lo, hi = pc.min_max(column).values()
-            self._extend(field.name, lo.as_py(), hi.as_py())
+            lo, hi = _finite_range(column) if pa.types.is_floating(field.type) else (
+                s.as_py() for s in pc.min_max(column).values())
+            self._extend(field.name, lo, hi)
 
     def _extend(self, name: str, lo: Any, hi: Any) -> None:
         if lo is not None and (name not in self.mins or lo < self.mins[name]):
@@ -158,6 +155,21 @@ class StreamStats:
                 for key, found in (("min", self.mins), ("max", self.maxs)):
                     if name in found:
                         col[key] = jsonable(found[name])
+
+
+def _finite_range(column: pa.Array) -> tuple[float | None, float | None]:
+    """Min and max of a float column's finite values. Arrow's ``min_max`` already skips
+    NaN (unless every value is NaN), so when both ends it finds are finite there was no
+    infinity either and they are the answer; only otherwise is the column filtered (a
+    copy of it: ~40 % of the cost, on every batch of every publish)."""
+    lo, hi = (s.as_py() for s in pc.min_max(column).values())
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        return lo, hi
+    finite = pc.filter(column, pc.is_finite(column))
+    if len(finite) == finite.null_count:
+        return None, None
+    lo, hi = (s.as_py() for s in pc.min_max(finite).values())
+    return lo, hi
 
 
 def _ranged(t: pa.DataType) -> bool:
