@@ -19,12 +19,16 @@ steps:
 
 
 @pytest.mark.slow
-def test_a_step_that_spills_succeeds_on_a_fresh_project(make_project: ProjectFactory) -> None:
+@pytest.mark.parametrize("memory", ["64MB", "48MB"])
+def test_a_step_that_spills_succeeds_on_a_fresh_project(make_project: ProjectFactory,
+                                                        memory: str) -> None:
     """A large sort under a tiny memory limit spills to disk: the run succeeds (no
-    'Failed to create directory .headwater/spill/...') and every row is published."""
+    'Failed to create directory .headwater/spill/...') and every row is published. At
+    48MB (64MB on a busy machine) DuckDB's COPY of the publish runs out of memory, and
+    the publish goes through the streaming Arrow path instead, which bears it."""
     root = make_project({"big": BIG_SORT})
     assert not (root / ".headwater" / "spill").exists()
-    done = run_cli("run", "big", cwd=root, env={"HEADWATER_DUCKDB_MEMORY": "64MB"})
+    done = run_cli("run", "big", cwd=root, env={"HEADWATER_DUCKDB_MEMORY": memory})
     assert 0 == done.returncode, done.stderr[-2000:]
     spilled = list((root / ".headwater" / "spill").iterdir())
     assert 1 == len(spilled)  # one folder of this process's database: it did spill

@@ -9,6 +9,7 @@ so a retried, rerun or resumed publish neither loses nor duplicates a row.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from headwater.store.store import Store
 
 if TYPE_CHECKING:
     from headwater.datasets.parts import Part, Plan
+
+log = logging.getLogger("headwater.datasets.publish")
 
 LEASE_SECONDS = float(os.environ.get("HEADWATER_LEASE_SECONDS", "30"))
 """A publisher silent (no heartbeat) this long has lost its turn on the dataset."""
@@ -270,9 +273,13 @@ def _publish_reader(store: Store, dataset: str, uri: str,
     if isinstance(source, QuerySource):
         plan = _copy_plan(source, uri, facts, table, partition_by, evolve)
         if plan is not None:
-            return _publish_copy(store, dataset, uri, source, facts, table, app, plan,
-                                 evolve=evolve, storage_options=storage_options,
-                                 stats_fn=stats_fn)
+            try:
+                return _publish_copy(store, dataset, uri, source, facts, table, app, plan,
+                                     evolve=evolve, storage_options=storage_options,
+                                     stats_fn=stats_fn)
+            except _CopyOutOfMemory as exc:
+                log.warning("publishing %s: DuckDB's COPY ran out of memory (%s); writing "
+                            "through the streaming Arrow path instead", dataset, exc)
         source = source.reader()
     counting = delta.CountingReader.peek(source)
     if counting.empty and facts.mode != "overwrite":
@@ -360,6 +367,10 @@ def _copy_plan(source: QuerySource, uri: str, facts: VersionFacts, table: Any,
     return plan
 
 
+class _CopyOutOfMemory(Exception):
+    """DuckDB's COPY of a publish ran out of memory before anything was committed."""
+
+
 def _publish_copy(store: Store, dataset: str, uri: str, source: QuerySource,
                   facts: VersionFacts, table: Any, app: str, plan: parts.Plan, *,
                   evolve: bool, storage_options: Mapping[str, str] | None,
@@ -370,10 +381,18 @@ def _publish_copy(store: Store, dataset: str, uri: str, source: QuerySource,
     facts from their add actions, the distribution from a sample past ``SAMPLE_ROWS``)
     instead of the write stream, which this path never turns into Arrow.
     """
+    import duckdb
+
     mode = "append" if facts.mode == "merge" else facts.mode
     previous_rows = total_rows(table) if table is not None and facts.mode == "overwrite" else 0
-    written = parts.copy_parts(source.con, source.query, uri, schema=plan.schema,
-                               partition_by=plan.partition_by)
+    try:
+        written = parts.copy_parts(source.con, source.query, uri, schema=plan.schema,
+                                   partition_by=plan.partition_by)
+    except duckdb.OutOfMemoryException as exc:
+        # nothing committed, the staging folder removed: the Arrow path streams the same
+        # query to Python in batches, which a small memory limit (a sort that spills)
+        # bears where COPY's writer, buffering row groups per thread, did not
+        raise _CopyOutOfMemory(str(exc).strip().splitlines()[0]) from exc
     added = sum(p.rows for p in written)
     if not added and facts.mode != "overwrite":
         return PublishResult(dataset, None, 0, 0, skipped="no rows to publish")
