@@ -438,7 +438,8 @@ def _base(col: _Col, first: Mapping[str, Any], rows: int) -> dict[str, Any]:
         "null_rate": (rows - count) / rows if rows else 0.0,
     }
     if col.kind != "other":
-        doc["distinct"] = int(first[col.alias("distinct")] or 0)
+        # a HyperLogLog estimate can exceed the values there are (1,018 for 1,000 ids)
+        doc["distinct"] = min(int(first[col.alias("distinct")] or 0), count)
         doc["min"] = jsonable(first[col.alias("min")])
         doc["max"] = jsonable(first[col.alias("max")])
     if col.kind == "numeric":
