@@ -46,11 +46,19 @@ class Served:
         deadline = time.time() + 90  # a loaded 2-core machine has taken 20 s to start one
         while time.time() < deadline:
             try:
-                if httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200 \
+                        and self._armed():
                     return
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         raise AssertionError("server did not start:\n" + self.log.read_text())
+
+    def _armed(self) -> bool:
+        """Health answers as soon as the port is bound, before the triggers are armed
+        (``server/starting.py``); tests that change pipelines or the store afterwards
+        need the server to have read them first ("serving ... (N triggers)")."""
+        return "headwater.server: serving " in self.log.read_text()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
