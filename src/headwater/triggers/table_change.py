@@ -25,6 +25,7 @@ import base64
 import contextlib
 import json
 import math
+import threading
 import uuid
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
@@ -127,6 +128,10 @@ class TableChangeTrigger:
         self._url = engine_url(connection)
         self._where = self._describe_target()
         self._engine = self._create_engine()
+        self._probing = threading.Lock()
+        """Held by a probe thread, which a timeout or cancel does not stop: the engine is
+        disposed only after it returned its connection (else the connection is left open
+        for the garbage collector)."""
         self._backoff = backoff or Backoff()
         self._wake = asyncio.Event()
         self._notify_payload: str | None = None
@@ -170,7 +175,7 @@ class TableChangeTrigger:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
-            await asyncio.to_thread(self._engine.dispose)
+            await asyncio.to_thread(self._dispose)
 
     async def _sleep(self) -> str:
         """Wait for the interval or a NOTIFY; say which woke us."""
@@ -237,9 +242,17 @@ class TableChangeTrigger:
             raise TransientSourceError(f"probe on {self._where} did not answer within "
                                        f"{_PROBE_TIMEOUT_S:g}s", source=self._where) from None
 
+    def _dispose(self) -> None:
+        got = self._probing.acquire(timeout=_PROBE_TIMEOUT_S)
+        try:
+            self._engine.dispose()
+        finally:
+            if got:
+                self._probing.release()
+
     def _probe_sync(self) -> Any:
         try:
-            with self._engine.connect() as conn:
+            with self._probing, self._engine.connect() as conn:
                 row = conn.execute(text(self.config.probe)).first()
                 return probe_value(row)
         except SQLAlchemyError as exc:
