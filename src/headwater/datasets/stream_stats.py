@@ -146,7 +146,7 @@ class StreamStats:
         doc["sampled_rows"] = sample_n
         for name, col in doc.get("columns", {}).items():
             col["sampled"] = True
-            _scale_counts(col, scale)
+            version_stats.scale_counts(col, scale)
             nulls = self.nulls.get(name, 0)
             col["nulls"] = nulls
             col["count"] = self.rows - nulls
@@ -175,18 +175,6 @@ def _finite_range(column: pa.Array) -> tuple[float | None, float | None]:
 def _ranged(t: pa.DataType) -> bool:
     return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
                 or pa.types.is_temporal(t))
-
-
-def _scale_counts(col: dict[str, Any], scale: float) -> None:
-    """Sample counts → estimated counts of all the rows (PSI only needs shares)."""
-    histogram = col.get("histogram")
-    if isinstance(histogram, dict) and "counts" in histogram:
-        histogram["counts"] = [round(c * scale) for c in histogram["counts"]]
-    for item in col.get("top") or []:
-        item["count"] = round(item["count"] * scale)
-    ref = col.get("reference")
-    if isinstance(ref, dict) and "counts" in ref:
-        ref["counts"] = [round(c * scale) for c in ref["counts"]]
 
 
 # --------------------------------------------------------------------------- appends

@@ -118,7 +118,7 @@ def _exact_facts(doc: dict[str, Any], actions: pa.Table, rows: int) -> None:
     names = set(actions.column_names)
     for name, col in doc.get("columns", {}).items():
         col["sampled"] = True
-        _scale_counts(col, scale)
+        scale_counts(col, scale)
         nulls_key = f"null_count.{name}"
         if nulls_key in names:
             nulls = int(pc.sum(actions[nulls_key]).as_py() or 0)
@@ -133,7 +133,7 @@ def _exact_facts(doc: dict[str, Any], actions: pa.Table, rows: int) -> None:
                     col[key] = jsonable(value)
 
 
-def _scale_counts(col: dict[str, Any], scale: float) -> None:
+def scale_counts(col: dict[str, Any], scale: float) -> None:
     """Sample counts → estimated counts of the whole version (PSI only needs shares)."""
     histogram = col.get("histogram")
     if isinstance(histogram, dict) and "counts" in histogram:
